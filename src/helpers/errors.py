@@ -1,0 +1,21 @@
+"""Exceptions raised by the course helpers.
+
+Every error a learner can cause (bad setting, missing file, unreachable hub) is a
+``CourseError`` whose message says what was wrong and what to do next.
+"""
+
+
+class CourseError(Exception):
+    """Base class for actionable errors raised by :mod:`helpers`."""
+
+
+class SettingsError(CourseError, ValueError):
+    """A profile or an environment override is invalid (notebook 00)."""
+
+
+class ModelFilesError(CourseError, FileNotFoundError):
+    """A model directory is missing files or holds a corrupted one (notebook 01)."""
+
+
+class DownloadError(CourseError, RuntimeError):
+    """A model could not be downloaded from the hub (notebook 01)."""
