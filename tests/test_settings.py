@@ -45,10 +45,10 @@ def test_auto_picks_cpu_when_the_hub_answers_and_tiny_when_it_does_not(monkeypat
     settings_module.hub_reachable.cache_clear()
     with _listening_socket() as sock:
         port = sock.getsockname()[1]
-        monkeypatch.setenv("MODELSCOPE_DOMAIN", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{port}")
         reachable = get_settings(env={})
     assert reachable.profile == "cpu" and "reachable" in reachable.reason
-    monkeypatch.setenv("MODELSCOPE_DOMAIN", f"http://127.0.0.1:{port}")  # socket closed now
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{port}")  # socket closed now
     settings_module.hub_reachable.cache_clear()
     offline = get_settings(env={"COURSE_PROFILE": "auto"})
     assert offline.profile == "tiny"

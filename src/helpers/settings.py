@@ -28,7 +28,6 @@ from .hardware import detect_gpus, dtype_for_compute_capability, hub_reachable
 PROFILES = ("gpu", "cpu", "tiny")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 HUBS = ("modelscope", "huggingface")
-MODELSCOPE_URL = "https://www.modelscope.cn"
 
 
 @dataclass(frozen=True)
@@ -243,11 +242,13 @@ def _profile_defaults(profile: str) -> dict[str, Any]:
                 gpu_memory_utilization=0.90, enforce_eager=True, cpu_kvcache_space_gib=1)
 
 
-def _auto_profile() -> tuple[str, str]:
+def _auto_profile(env: dict[str, str]) -> tuple[str, str]:
     gpus = detect_gpus()
     if gpus:
         return "gpu", f"auto: found {gpus[0].name}, {gpus[0].memory_total_gib:.1f} GiB"
-    endpoint = os.environ.get("MODELSCOPE_DOMAIN") or MODELSCOPE_URL
+    from .download import hub_endpoint
+
+    endpoint = hub_endpoint(env.get("COURSE_HUB") or "modelscope")
     if hub_reachable(endpoint):
         return "cpu", f"auto: no NVIDIA GPU, {endpoint} reachable"
     return "tiny", (
@@ -267,7 +268,7 @@ def get_settings(profile: str | None = None, *, env: dict[str, str] | None = Non
     env = dict(os.environ) if env is None else env
     requested = (profile or env.get("COURSE_PROFILE") or "auto").strip().lower()
     if requested == "auto":
-        chosen, reason = _auto_profile()
+        chosen, reason = _auto_profile(env)
     elif requested in PROFILES:
         chosen, reason = requested, f"set by {'argument' if profile else 'COURSE_PROFILE'}"
     else:

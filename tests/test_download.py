@@ -1,0 +1,378 @@
+"""helpers.download end to end: real modelscope / huggingface_hub clients against LocalModelHub.
+
+No Internet is used: every hub runs on loopback, and an audit hook fails a test
+that connects anywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from helpers.download import (
+    MARKER_NAME,
+    VerifiedModel,
+    download_model,
+    main,
+    summarize_model,
+    verify_model_dir,
+)
+from helpers.errors import CourseError, DownloadError, ModelFilesError
+from helpers.local_hub import LocalModelHub
+
+MODEL_ID = "course/tiny-qwen2"
+SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+_OUTSIDE: list[object] = []
+
+
+def _audit(event: str, args: tuple) -> None:
+    if event == "socket.connect":
+        address = args[1]
+        if isinstance(address, tuple) and address and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            _OUTSIDE.append(address)
+
+
+sys.addaudithook(_audit)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    """Private ModelScope / HF caches, no endpoint variables, nothing beyond loopback."""
+    for name in ("MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN", "HF_ENDPOINT", "MODELSCOPE_API_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms-cache"))
+    monkeypatch.setenv("MODELSCOPE_HOME", str(tmp_path / "ms-home"))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        import huggingface_hub.constants as hf_constants
+
+        monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    except ImportError:  # pragma: no cover
+        pass
+    _OUTSIDE.clear()
+    yield
+    config = sys.modules.get("modelscope_hub.config")
+    if config is not None:
+        config.set_default_config(None)
+    assert not _OUTSIDE, f"connections outside loopback: {_OUTSIDE}"
+
+
+def build_model_dir(root: Path) -> dict[str, int]:
+    """Qwen2-like tiny model (config, tokenizer, generation config, 2 shards + index).
+
+    Returns ``{tensor name: number of elements}``.
+    """
+    from safetensors.numpy import save_file
+
+    root.mkdir(parents=True, exist_ok=True)
+    hidden, layers, vocab, inter = 64, 2, 256, 128
+    config = {
+        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": hidden,
+        "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": vocab, "max_position_embeddings": 512,
+        "torch_dtype": "bfloat16", "tie_word_embeddings": False,
+    }
+    (root / "config.json").write_text(json.dumps(config, indent=2))
+    (root / "generation_config.json").write_text(json.dumps({"eos_token_id": 2}))
+    (root / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}))
+    (root / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}}}))
+    rng = np.random.default_rng(1)
+    shard1 = {"model.embed_tokens.weight": rng.standard_normal((vocab, hidden), dtype=np.float32)}
+    shard2 = {"model.norm.weight": np.ones(hidden, dtype=np.float16),
+              "lm_head.weight": rng.standard_normal((vocab, hidden), dtype=np.float32)}
+    for i in range(layers):
+        target = shard1 if i == 0 else shard2
+        target[f"model.layers.{i}.self_attn.k_proj.weight"] = rng.standard_normal((32, hidden), dtype=np.float32)
+        target[f"model.layers.{i}.mlp.down_proj.weight"] = rng.standard_normal((hidden, inter), dtype=np.float32)
+    save_file(shard1, str(root / SHARDS[0]), metadata={"format": "pt"})
+    save_file(shard2, str(root / SHARDS[1]), metadata={"format": "pt"})
+    weight_map = {name: SHARDS[0] for name in shard1} | {name: SHARDS[1] for name in shard2}
+    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    return {name: int(a.size) for name, a in (*shard1.items(), *shard2.items())}
+
+
+@pytest.fixture
+def source(tmp_path) -> Path:
+    build_model_dir(tmp_path / "source")
+    return tmp_path / "source"
+
+
+@pytest.fixture
+def hub(source):
+    with LocalModelHub({MODEL_ID: source}) as running, running.use():
+        yield running
+
+
+def sha256_tree(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MARKER_NAME and ".cache" not in p.relative_to(root).parts
+    }
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------
+# download_model
+# ---------------------------------------------------------------------------
+def test_download_copies_every_file_and_writes_marker(hub, source, tmp_path):
+    out = download_model(MODEL_ID, tmp_path / "models" / "tiny")
+    assert out == (tmp_path / "models" / "tiny").resolve()
+    assert sha256_tree(out) == sha256_tree(source)
+    marker = json.loads((out / MARKER_NAME).read_text())
+    assert (marker["model_id"], marker["hub"], marker["revision"]) == (MODEL_ID, "modelscope", None)
+    assert {f["path"] for f in marker["files"]} == set(sha256_tree(source))
+    assert not list(out.glob(f"{MARKER_NAME}.*"))  # no temp marker left behind
+
+
+def test_second_call_is_a_no_op_without_network(hub, tmp_path):
+    out = download_model(MODEL_ID, tmp_path / "tiny")
+    hub.clear_requests()
+    start = time.perf_counter()
+    again = download_model(MODEL_ID, tmp_path / "tiny")
+    elapsed = time.perf_counter() - start
+    assert again == out
+    assert hub.requests == []
+    assert elapsed < 0.5
+
+
+def test_second_call_without_hub_is_still_a_no_op(source, tmp_path, monkeypatch):
+    with LocalModelHub({MODEL_ID: source}) as running, running.use():
+        download_model(MODEL_ID, tmp_path / "tiny")
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")
+    assert download_model(MODEL_ID, tmp_path / "tiny") == (tmp_path / "tiny").resolve()
+    with pytest.raises(DownloadError, match="Cannot reach"):  # other arguments: needs the hub
+        download_model(MODEL_ID, tmp_path / "tiny", hub="huggingface")
+    assert download_model(MODEL_ID, tmp_path / "tiny") == (tmp_path / "tiny").resolve()  # marker kept
+
+
+def test_unknown_model_id(hub, tmp_path):
+    with pytest.raises(DownloadError) as info:
+        download_model("course/Does-Not-Exist", tmp_path / "nope")
+    message = str(info.value)
+    assert "'course/Does-Not-Exist'" in message and hub.endpoint in message
+    assert "spelling" in message and "Qwen/Qwen2.5-7B-Instruct" in message
+    assert f"{hub.endpoint}/models/course/Does-Not-Exist" in message
+    assert info.value.__cause__ is not None
+    assert isinstance(info.value, CourseError)
+    assert not (tmp_path / "nope").exists()  # no empty folder left behind
+
+
+def test_malformed_model_id(tmp_path):
+    with pytest.raises(DownloadError, match="owner/name"):
+        download_model("Qwen2.5-7B-Instruct", tmp_path / "x")
+
+
+def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
+    endpoint = f"http://127.0.0.1:{closed_port()}"
+    monkeypatch.setenv("MODELSCOPE_ENDPOINT", endpoint)
+    start = time.perf_counter()
+    with pytest.raises(DownloadError) as info:
+        download_model(MODEL_ID, tmp_path / "tiny")
+    assert time.perf_counter() - start < 5
+    message = str(info.value)
+    assert endpoint in message and "COURSE_PROFILE=tiny" in message and "MODELSCOPE_ENDPOINT" in message
+    assert "\n" not in message
+    assert info.value.__cause__ is not None
+
+
+def test_truncated_shard_is_repaired(hub, source, tmp_path):
+    out = download_model(MODEL_ID, tmp_path / "tiny")
+    shard = out / SHARDS[1]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    (out / MARKER_NAME).unlink()
+    with pytest.raises(ModelFilesError):
+        verify_model_dir(out)
+    hub.clear_requests()
+    download_model(MODEL_ID, out)
+    assert sha256_tree(out) == sha256_tree(source)
+    assert hub.downloaded_files() == [SHARDS[1]]  # the intact files were kept
+    assert (out / MARKER_NAME).is_file()
+
+
+def test_missing_file_is_fetched_even_with_marker(hub, source, tmp_path):
+    out = download_model(MODEL_ID, tmp_path / "tiny")
+    (out / "tokenizer.json").unlink()
+    hub.clear_requests()
+    download_model(MODEL_ID, out)
+    assert hub.downloaded_files() == ["tokenizer.json"]
+    assert sha256_tree(out) == sha256_tree(source)
+
+
+def test_interrupted_download_resumes(hub, source, tmp_path):
+    hub.interrupt(SHARDS[0], after_bytes=4096)
+    out = download_model(MODEL_ID, tmp_path / "tiny")
+    assert sha256_tree(out) == sha256_tree(source)
+    ranges = [r.range for r in hub.request_log if r.query.get("FilePath") == SHARDS[0]]
+    assert ranges == [None, "bytes=4096-"]
+
+
+def test_corrupted_bytes_are_rejected_and_refetched(hub, source, tmp_path):
+    hub.corrupt(SHARDS[1], times=1)  # modelscope checks SHA-256 and retries the file
+    out = download_model(MODEL_ID, tmp_path / "tiny")
+    assert sha256_tree(out) == sha256_tree(source)
+    assert hub.downloaded_files().count(SHARDS[1]) == 2
+
+
+def test_persistently_corrupted_file_names_the_file(hub, tmp_path):
+    hub.corrupt("tokenizer.json", times=10)
+    with pytest.raises(ModelFilesError) as info:
+        download_model(MODEL_ID, tmp_path / "tiny")
+    message = str(info.value)
+    assert str(tmp_path / "tiny" / "tokenizer.json") in message
+    assert "Re-run download_model(" in message and "delete" in message
+    assert not (tmp_path / "tiny" / MARKER_NAME).exists()
+    hub.clear_faults()
+    hub.clear_requests()
+    download_model(MODEL_ID, tmp_path / "tiny")  # the mirror is healthy again: only the bad file is fetched
+    assert hub.downloaded_files() == ["tokenizer.json"]
+
+
+def test_incomplete_hub_model_leaves_no_marker(source, tmp_path):
+    (source / "tokenizer_config.json").unlink()
+    with LocalModelHub({MODEL_ID: source}) as running, running.use(), \
+            pytest.raises(ModelFilesError, match=r"tokenizer_config\.json is missing") as info:
+        download_model(MODEL_ID, tmp_path / "tiny")
+    assert f"download_model('{MODEL_ID}'" in str(info.value)
+    assert (tmp_path / "tiny" / "config.json").is_file()
+    assert not (tmp_path / "tiny" / MARKER_NAME).exists()
+
+
+def test_huggingface_hub(source, tmp_path, monkeypatch):
+    with LocalModelHub({MODEL_ID: source}) as running:
+        monkeypatch.setenv("HF_ENDPOINT", running.endpoint)
+        out = download_model(MODEL_ID, tmp_path / "hf", hub="huggingface")
+        assert sha256_tree(out) == sha256_tree(source)
+        assert json.loads((out / MARKER_NAME).read_text())["hub"] == "huggingface"
+        running.clear_requests()
+        download_model(MODEL_ID, tmp_path / "hf", hub="huggingface")
+        assert running.requests == []
+        with pytest.raises(DownloadError, match="not found on Hugging Face"):
+            download_model("course/nope", tmp_path / "hf2", hub="huggingface")
+
+
+def test_unknown_hub_name(tmp_path):
+    with pytest.raises(DownloadError, match="modelscope"):
+        download_model(MODEL_ID, tmp_path / "x", hub="github")
+
+
+# ---------------------------------------------------------------------------
+# verify_model_dir / summarize_model
+# ---------------------------------------------------------------------------
+def test_verify_complete_dir(source):
+    verified = verify_model_dir(source)
+    assert isinstance(verified, VerifiedModel)
+    assert verified.config_file == source / "config.json"
+    assert [p.name for p in verified.weight_files] == list(SHARDS)
+    assert {p.name for p in verified.tokenizer_files} == {"tokenizer_config.json", "tokenizer.json"}
+    assert verified.total_bytes == sum(p.stat().st_size for p in source.iterdir())
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (lambda d: (d / SHARDS[1]).unlink(), SHARDS[1]),
+        (lambda d: (d / SHARDS[0]).write_bytes((d / SHARDS[0]).read_bytes()[:-1]), SHARDS[0]),
+        (lambda d: (d / SHARDS[0]).write_bytes((d / SHARDS[0]).read_bytes() + b"\0"), SHARDS[0]),
+        (lambda d: (d / SHARDS[1]).write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}" + b"x" * 64), SHARDS[1]),
+        (lambda d: (d / "config.json").unlink(), "config.json"),
+        (lambda d: (d / "config.json").write_text('{"model_type": "qwen2", '), "config.json"),
+        (lambda d: (d / "tokenizer.json").unlink(), "tokenizer.json"),
+        (lambda d: (d / "tokenizer.json").write_text('{"version": "1.0", "mod'), "tokenizer.json"),
+        (lambda d: (d / "tokenizer_config.json").unlink(), "tokenizer_config.json"),
+        (lambda d: [(d / s).unlink() for s in (*SHARDS, "model.safetensors.index.json")], "model.safetensors"),
+    ],
+    ids=["missing-shard", "truncated-shard", "padded-shard", "bad-header", "missing-config", "bad-config",
+         "missing-tokenizer", "truncated-tokenizer", "missing-tokenizer-config", "no-weights"],
+)
+def test_verify_reports_the_broken_file(source, damage, named):
+    damage(source)
+    with pytest.raises(ModelFilesError) as info:
+        verify_model_dir(source)
+    message = str(info.value)
+    assert named in message
+    assert "download_model(" in message and "python -m helpers.download" in message
+    assert "\n" not in message
+
+
+def test_verify_accepts_vocab_and_merges_and_single_file(tmp_path):
+    from safetensors.numpy import save_file
+
+    d = tmp_path / "m"
+    d.mkdir()
+    (d / "config.json").write_text("{}")
+    (d / "tokenizer_config.json").write_text("{}")
+    (d / "vocab.json").write_text("{}")
+    (d / "merges.txt").write_text("#version: 0.2\n")
+    save_file({"w": np.zeros((3, 5), dtype=np.float32)}, str(d / "model.safetensors"))
+    verified = verify_model_dir(d)
+    assert [p.name for p in verified.weight_files] == ["model.safetensors"]
+    assert summarize_model(d)["num_parameters"] == 15
+
+
+def test_verify_missing_directory_names_model_from_marker(tmp_path):
+    with pytest.raises(ModelFilesError, match="does not exist"):
+        verify_model_dir(tmp_path / "absent")
+
+
+def test_error_hint_uses_model_id_from_marker(hub, tmp_path):
+    out = download_model(MODEL_ID, tmp_path / "tiny")
+    (out / SHARDS[0]).unlink()
+    with pytest.raises(ModelFilesError, match=f"download_model\\('{MODEL_ID}'"):
+        verify_model_dir(out)
+
+
+def test_summarize_counts_parameters(tmp_path):
+    sizes = build_model_dir(tmp_path / "m")
+    summary = summarize_model(tmp_path / "m")
+    assert summary["num_parameters"] == sum(sizes.values())
+    assert summary["weight_bytes"] == sum((tmp_path / "m" / s).stat().st_size for s in SHARDS)
+    assert summary["model_type"] == "qwen2"
+    assert summary["architectures"] == ["Qwen2ForCausalLM"]
+    assert (summary["num_hidden_layers"], summary["hidden_size"]) == (2, 64)
+    assert (summary["num_attention_heads"], summary["num_key_value_heads"], summary["head_dim"]) == (4, 2, 16)
+    assert (summary["vocab_size"], summary["max_position_embeddings"]) == (256, 512)
+    assert summary["dtype"] == summary["torch_dtype"] == "bfloat16"
+    assert summary["parameter_dtypes"]["F16"] == 64
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+def test_cli_downloads_and_summarizes(hub, tmp_path, capsys):
+    assert main([MODEL_ID, "--local-dir", str(tmp_path / "cli")]) == 0
+    out = capsys.readouterr().out
+    assert "qwen2" in out and "Params" in out
+    assert (tmp_path / "cli" / MARKER_NAME).is_file()
+
+
+def test_cli_unknown_id_exits_2_with_one_line(hub, tmp_path):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")])}
+    result = subprocess.run(
+        [sys.executable, "-m", "helpers.download", "course/Nope", "--local-dir", str(tmp_path / "x")],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    assert result.returncode == 2, result.stderr
+    error_lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(error_lines) == 1, result.stderr
+    assert error_lines[0].startswith("error: ") and "'course/Nope'" in error_lines[0]
+    assert hub.endpoint in error_lines[0]
