@@ -19,3 +19,7 @@ class ModelFilesError(CourseError, FileNotFoundError):
 
 class DownloadError(CourseError, RuntimeError):
     """A model could not be downloaded from the hub (notebook 01)."""
+
+
+class ServerError(CourseError, RuntimeError):
+    """A vLLM server could not be started, reached or stopped (notebook 03)."""
