@@ -29,79 +29,13 @@ from helpers.download import (
 from helpers.errors import CourseError, DownloadError, ModelFilesError
 from helpers.local_hub import LocalModelHub
 
-MODEL_ID = "course/tiny-qwen2"
-SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+pytest.register_assert_rewrite("hub_fixtures")
+from hub_fixtures import MODEL_ID, SHARDS, build_model_dir  # noqa: E402
+
+pytest_plugins = ["hub_fixtures"]
+pytestmark = pytest.mark.usefixtures("isolated_env")
+
 SRC = Path(__file__).resolve().parents[1] / "src"
-
-_OUTSIDE: list[object] = []
-
-
-def _audit(event: str, args: tuple) -> None:
-    if event == "socket.connect":
-        address = args[1]
-        if isinstance(address, tuple) and address and address[0] not in ("127.0.0.1", "::1", "localhost"):
-            _OUTSIDE.append(address)
-
-
-sys.addaudithook(_audit)
-
-
-@pytest.fixture(autouse=True)
-def isolated_env(tmp_path, monkeypatch):
-    """Private ModelScope / HF caches, no endpoint variables, nothing beyond loopback."""
-    for name in ("MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN", "HF_ENDPOINT", "MODELSCOPE_API_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms-cache"))
-    monkeypatch.setenv("MODELSCOPE_HOME", str(tmp_path / "ms-home"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        import huggingface_hub.constants as hf_constants
-
-        monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
-    except ImportError:  # pragma: no cover
-        pass
-    _OUTSIDE.clear()
-    yield
-    config = sys.modules.get("modelscope_hub.config")
-    if config is not None:
-        config.set_default_config(None)
-    assert not _OUTSIDE, f"connections outside loopback: {_OUTSIDE}"
-
-
-def build_model_dir(root: Path) -> dict[str, int]:
-    """Qwen2-like tiny model (config, tokenizer, generation config, 2 shards + index).
-
-    Returns ``{tensor name: number of elements}``.
-    """
-    from safetensors.numpy import save_file
-
-    root.mkdir(parents=True, exist_ok=True)
-    hidden, layers, vocab, inter = 64, 2, 256, 128
-    config = {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": hidden,
-        "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": vocab, "max_position_embeddings": 512,
-        "torch_dtype": "bfloat16", "tie_word_embeddings": False,
-    }
-    (root / "config.json").write_text(json.dumps(config, indent=2))
-    (root / "generation_config.json").write_text(json.dumps({"eos_token_id": 2}))
-    (root / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512}))
-    (root / "tokenizer.json").write_text(json.dumps({"version": "1.0", "model": {"type": "BPE", "vocab": {}}}))
-    rng = np.random.default_rng(1)
-    shard1 = {"model.embed_tokens.weight": rng.standard_normal((vocab, hidden), dtype=np.float32)}
-    shard2 = {"model.norm.weight": np.ones(hidden, dtype=np.float16),
-              "lm_head.weight": rng.standard_normal((vocab, hidden), dtype=np.float32)}
-    for i in range(layers):
-        target = shard1 if i == 0 else shard2
-        target[f"model.layers.{i}.self_attn.k_proj.weight"] = rng.standard_normal((32, hidden), dtype=np.float32)
-        target[f"model.layers.{i}.mlp.down_proj.weight"] = rng.standard_normal((hidden, inter), dtype=np.float32)
-    save_file(shard1, str(root / SHARDS[0]), metadata={"format": "pt"})
-    save_file(shard2, str(root / SHARDS[1]), metadata={"format": "pt"})
-    weight_map = {name: SHARDS[0] for name in shard1} | {name: SHARDS[1] for name in shard2}
-    (root / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
-    return {name: int(a.size) for name, a in (*shard1.items(), *shard2.items())}
 
 
 @pytest.fixture

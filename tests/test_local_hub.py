@@ -10,109 +10,24 @@ import hashlib
 import json
 import os
 import socket
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from helpers.local_hub import LocalModelHub, pointing_modelscope_at
 
-MODEL_ID = "course/tiny-qwen2"
-SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
+pytest.register_assert_rewrite("hub_fixtures")
+from hub_fixtures import MODEL_ID, SHARDS, build_model_dir  # noqa: E402
 
-# ---------------------------------------------------------------------------
-# No traffic beyond loopback
-# ---------------------------------------------------------------------------
-_OUTSIDE: list[object] = []
-
-
-def _audit(event: str, args: tuple) -> None:
-    if event == "socket.connect":
-        address = args[1]
-        if isinstance(address, tuple) and address and address[0] not in ("127.0.0.1", "::1", "localhost"):
-            _OUTSIDE.append(address)
-
-
-sys.addaudithook(_audit)
-
-
-@pytest.fixture(autouse=True)
-def isolated_env(tmp_path, monkeypatch):
-    """Private caches and no hub variables; assert nothing left loopback."""
-    for name in ("MODELSCOPE_ENDPOINT", "MODELSCOPE_DOMAIN", "HF_ENDPOINT", "MODELSCOPE_API_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("MODELSCOPE_CACHE", str(tmp_path / "ms-cache"))
-    monkeypatch.setenv("MODELSCOPE_HOME", str(tmp_path / "ms-home"))
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
-        import huggingface_hub.constants as hf_constants
-
-        monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
-    except ImportError:  # pragma: no cover
-        pass
-    _forget_modelscope_config()
-    _OUTSIDE.clear()
-    yield
-    _forget_modelscope_config()
-    assert not _OUTSIDE, f"connections outside loopback: {_OUTSIDE}"
-
-
-def _forget_modelscope_config() -> None:
-    config = sys.modules.get("modelscope_hub.config")
-    if config is not None:
-        config.set_default_config(None)
-
-
-# ---------------------------------------------------------------------------
-# A small but realistic model folder
-# ---------------------------------------------------------------------------
-def build_model_dir(root: Path) -> dict[str, int]:
-    """Qwen2-like tiny model: config, tokenizer, generation config, 2 safetensors shards + index.
-
-    Returns ``{tensor name: number of elements}``.
-    """
-    from safetensors.numpy import save_file
-
-    root.mkdir(parents=True, exist_ok=True)
-    hidden, layers, vocab, inter = 64, 2, 256, 128
-    config = {
-        "architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "hidden_size": hidden,
-        "intermediate_size": inter, "num_hidden_layers": layers, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "vocab_size": vocab, "max_position_embeddings": 512,
-        "torch_dtype": "float32", "tie_word_embeddings": False, "rms_norm_eps": 1e-6,
-    }
-    (root / "config.json").write_text(json.dumps(config, indent=2))
-    (root / "generation_config.json").write_text(json.dumps({"eos_token_id": 2, "max_new_tokens": 16}))
-    (root / "tokenizer_config.json").write_text(json.dumps({"model_max_length": 512, "eos_token": "</s>"}))
-    (root / "tokenizer.json").write_text(json.dumps(
-        {"version": "1.0", "model": {"type": "WordLevel", "vocab": {f"t{i}": i for i in range(vocab)},
-                                     "unk_token": "t0"}}))
-    rng = np.random.default_rng(0)
-    shard1 = {"model.embed_tokens.weight": rng.standard_normal((vocab, hidden), dtype=np.float32)}
-    shard2 = {"model.norm.weight": np.ones(hidden, dtype=np.float32),
-              "lm_head.weight": rng.standard_normal((vocab, hidden), dtype=np.float32)}
-    for i in range(layers):
-        target = shard1 if i == 0 else shard2
-        target[f"model.layers.{i}.self_attn.q_proj.weight"] = rng.standard_normal((hidden, hidden), dtype=np.float32)
-        target[f"model.layers.{i}.mlp.up_proj.weight"] = rng.standard_normal((inter, hidden), dtype=np.float32)
-        target[f"model.layers.{i}.input_layernorm.weight"] = np.ones(hidden, dtype=np.float16)
-    save_file(shard1, str(root / SHARDS[0]), metadata={"format": "pt"})
-    save_file(shard2, str(root / SHARDS[1]), metadata={"format": "pt"})
-    weight_map = {name: SHARDS[0] for name in shard1} | {name: SHARDS[1] for name in shard2}
-    total = sum(a.nbytes for a in (*shard1.values(), *shard2.values()))
-    (root / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
-    return {name: int(a.size) for name, a in (*shard1.items(), *shard2.items())}
+pytest_plugins = ["hub_fixtures"]
+pytestmark = pytest.mark.usefixtures("isolated_env")  # no traffic beyond loopback, private caches
 
 
 @pytest.fixture
 def model_dir(tmp_path) -> Path:
-    build_model_dir(tmp_path / "source")
+    build_model_dir(tmp_path / "source", torch_dtype="float32")
     return tmp_path / "source"
 
 
