@@ -1,0 +1,235 @@
+"""Command line for instructors: ``python -m helpers.bench offline|serve|show``.
+
+::
+
+    python -m helpers.bench offline [--profile tiny] [--mode fixed|mixed] [--num-prompts 25,100,200]
+        [--input-len 64] [--output-len 128] [--hf-batch-sizes 1,8,32,all] [--engines vllm,hf]
+        [--sort-by-length] [--repeats N] [--timeout S] [--out results/x.json] [--images DIR | --no-plots]
+    python -m helpers.bench serve [--base-url http://127.0.0.1:8000 --model NAME] [--profile tiny]
+        [--concurrency 1,2,4,8,16,32] [--requests-per-level 32] [--input-len 64] [--output-len 128]
+        [--out ...] [--images DIR | --no-plots]          # no --base-url: starts a server itself
+    python -m helpers.bench show results/offline-....json   # table, conclusions and plots again
+
+Each prints the same tables, writes the JSON records and the plots. Invalid arguments print
+one line and exit with status 2; a benchmark that cannot run exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+PROG = "python -m helpers.bench"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2 (argparse prints usage too)
+        sys.stderr.write(f"{PROG}: error: {message}\n")
+        sys.exit(2)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1,8,32")
+    return values
+
+
+def _batch_list(text: str) -> list[int | str]:
+    values: list[int | str] = []
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        if part == "all":
+            values.append("all")
+            continue
+        try:
+            value = int(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not a batch size (a positive integer or 'all')") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"batch size {value} must be >= 1")
+        values.append(value)
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one batch size, e.g. 1,8,32,all")
+    return values
+
+
+def _engines(text: str) -> list[str]:
+    values = [p.strip().lower() for p in text.split(",") if p.strip()]
+    bad = [v for v in values if v not in ("vllm", "hf")]
+    if bad or not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: engines are vllm and/or hf")
+    return values
+
+
+def _positive(kind):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
+        return value
+    return parse
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Honest vLLM vs transformers benchmarks (notebook 04).")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--profile", choices=("gpu", "cpu", "tiny"), help="course profile (default: COURSE_PROFILE or auto)")
+        p.add_argument("--mode", choices=("fixed", "mixed"), default="fixed",
+                       help="fixed lengths, or ShareGPT-like mixed lengths (--input/--output-len become medians)")
+        p.add_argument("--input-len", type=_positive(int), help="prompt tokens (fixed: 64; mixed: median, default 130)")
+        p.add_argument("--output-len", type=_positive(int), help="output tokens (fixed: 128; mixed: median, default 150)")
+        p.add_argument("--max-input-len", type=_positive(int), help="mixed mode: clip prompts to this length (1024)")
+        p.add_argument("--max-output-len", type=_positive(int), help="mixed mode: clip outputs to this length (1024)")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--temperature", type=_non_negative_float, default=0.0, help="0 = greedy (default)")
+        p.add_argument("--out", type=Path, help="JSON file for the records (default results/<kind>-...json)")
+        p.add_argument("--images", type=Path, help="folder for the plots (default images/)")
+        p.add_argument("--no-plots", action="store_true", help="do not draw plots")
+
+    off = sub.add_parser("offline", help="offline throughput: vLLM LLM.generate vs transformers generate")
+    common(off)
+    off.add_argument("--num-prompts", type=_int_list, default=[25, 100], help="comma-separated, e.g. 25,100,200")
+    off.add_argument("--hf-batch-sizes", type=_batch_list, default=[1, 8, 32, "all"], help="e.g. 1,8,32,all")
+    off.add_argument("--engines", type=_engines, default=["vllm", "hf"], help="vllm,hf (default both)")
+    off.add_argument("--sort-by-length", action="store_true",
+                     help="let transformers batch requests sorted by length (recorded; default arrival order)")
+    off.add_argument("--timeout", type=_positive(float), help="seconds per engine run before it is killed")
+    off.add_argument("--repeats", type=_positive(int), default=1,
+                     help="time each run N times on fresh prompts of the same lengths; report the median")
+
+    srv = sub.add_parser("serve", help="latency under load against an OpenAI-compatible server")
+    common(srv)
+    srv.add_argument("--base-url", help="e.g. http://127.0.0.1:8000 (default: start a server for the profile)")
+    srv.add_argument("--model", help="served model name (default: the one the server serves)")
+    srv.add_argument("--concurrency", type=_int_list, default=[1, 2, 4, 8, 16, 32], help="e.g. 1,2,4,8,16,32")
+    srv.add_argument("--requests-per-level", type=_positive(int), default=32)
+    srv.add_argument("--request-timeout", type=_positive(float), default=600.0, help="seconds per request")
+    srv.add_argument("--tokenizer", type=Path, help="model folder whose vocabulary the prompts use (default: the profile's)")
+
+    show = sub.add_parser("show", help="print tables and conclusions of saved records, redraw the plots")
+    show.add_argument("path", type=Path, help="a results JSON file (or a folder of them)")
+    show.add_argument("--images", type=Path, help="folder for the plots (default images/)")
+    show.add_argument("--no-plots", action="store_true")
+    return parser
+
+
+def _lengths(args) -> tuple[int | None, int | None]:
+    if args.mode == "fixed":
+        return args.input_len or 64, args.output_len or 128
+    return args.input_len, args.output_len
+
+
+def _report(records, images: Path | None, no_plots: bool) -> None:
+    from .report import conclusions, plot_latency_throughput, plot_speedup, plot_throughput, speedup_table, table
+
+    if not records:
+        print("(no records)")
+        return
+    print()
+    print(table(records))
+    kind = records[0].get("kind")
+    if kind == "offline":
+        print()
+        print(speedup_table(records))
+    print()
+    for sentence in conclusions(records)["text"]:
+        print("* " + sentence)
+    if no_plots:
+        return
+    folder = images
+    plots = []
+    if kind == "offline":
+        plots.append(plot_throughput(records, path=folder / "bench_offline_throughput.png" if folder else None))
+        if any(r["engine"] == "vllm" for r in records) and any(r["engine"] == "hf" for r in records):
+            plots.append(plot_speedup(records, path=folder / "bench_speedup.png" if folder else None))
+    else:
+        for metric in ("e2e", "tpot"):
+            plots.append(plot_latency_throughput(
+                records, metric=metric, path=folder / f"bench_latency_{metric}.png" if folder else None))
+    for plot in plots:
+        print(f"plot written to {plot.path}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_worker"]:  # internal: one engine run in a fresh process (see offline.run_worker)
+        from .offline import worker_main
+
+        worker_main(argv[1], argv[2])
+        return 0
+    args = build_parser().parse_args(argv)
+
+    from ..errors import CourseError, SettingsError
+    from .offline import BenchConfigError
+
+    try:
+        return _dispatch(args)
+    except (BenchConfigError, SettingsError) as exc:
+        sys.stderr.write(f"{PROG} {args.command}: error: {' '.join(str(exc).split())}\n")
+        return 2
+    except CourseError as exc:
+        sys.stderr.write(f"{PROG} {args.command}: error: {exc}\n")
+        return 1
+
+
+def _dispatch(args) -> int:
+    from ..settings import get_settings
+    from .offline import OfflineConfig, load_records, run_offline
+    from .serving import ServeConfig, run_serving
+
+    if args.command == "show":
+        _report(load_records(args.path), args.images, args.no_plots)
+        return 0
+    input_len, output_len = _lengths(args)
+    if args.command == "offline":
+        config = OfflineConfig(mode=args.mode, num_prompts=tuple(args.num_prompts), input_len=input_len,
+                               output_len=output_len, hf_batch_sizes=tuple(args.hf_batch_sizes),
+                               engines=tuple(args.engines), seed=args.seed, temperature=args.temperature,
+                               sort_by_length=args.sort_by_length, max_input_len=args.max_input_len,
+                               max_output_len=args.max_output_len, timeout_s=args.timeout,
+                               repeats=args.repeats)
+        settings = get_settings(args.profile)
+        print(settings.banner())
+        records = run_offline(settings, config, out=args.out)
+        _report(records, args.images, args.no_plots)
+        return 0
+
+    config = ServeConfig(concurrency=tuple(args.concurrency), requests_per_level=args.requests_per_level,
+                         mode=args.mode, input_len=input_len, output_len=output_len, seed=args.seed,
+                         temperature=args.temperature, max_input_len=args.max_input_len,
+                         max_output_len=args.max_output_len, request_timeout_s=args.request_timeout)
+    if args.base_url:
+        settings = get_settings(args.profile) if args.tokenizer is None else None
+        records = run_serving(args.base_url, args.model, config, tokenizer=args.tokenizer, settings=settings,
+                              out=args.out)
+    else:
+        from ..server import VLLMServer
+
+        settings = get_settings(args.profile)
+        print(settings.banner())
+        settings.ensure_model()
+        with VLLMServer(settings) as server:
+            records = run_serving(server.base_url, args.model or server.served_model_name, config,
+                                  tokenizer=args.tokenizer, settings=settings, out=args.out)
+    _report(records, args.images, args.no_plots)
+    return 0
