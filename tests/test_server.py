@@ -201,6 +201,25 @@ def test_stub_different_config_on_same_port_replaces_the_old_server(tiny_setting
         second.stop()
 
 
+def test_a_changed_configuration_of_the_same_model_replaces_the_old_server(tiny_settings, tmp_path, capsys):
+    same_model = ("--model", str(tmp_path / "model"))
+    first = VLLMServer(tiny_settings, command=stub_command(tmp_path, *same_model, "--max-model-len", "2048")).start()
+    other = VLLMServer(tiny_settings, command=stub_command(tmp_path, "--model", str(tmp_path / "other"))).start()
+    second = VLLMServer(tiny_settings, command=stub_command(tmp_path, *same_model, "--max-model-len", "1024")).start()
+    try:
+        out = capsys.readouterr().out
+        assert f"stopping the server of the same model on port {first.port} (pid {first.pid})" in out
+        assert "--max-model-len 2048 -> 1024" in out
+        assert not first.is_running() and second.is_running() and other.is_running()
+        kept = VLLMServer(tiny_settings, command=stub_command(tmp_path, *same_model, "--max-model-len", "512"),
+                          exclusive=False).start()
+        assert second.is_running() and kept.is_running()
+        kept.stop()
+    finally:
+        second.stop()
+        other.stop()
+
+
 def test_stub_timeout_stops_the_server_and_shows_the_log(tiny_settings, tmp_path):
     port = new_port()
     command = [sys.executable, "-c", "import time; print('loading forever', flush=True); time.sleep(300)", "{port}"]

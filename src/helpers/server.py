@@ -371,14 +371,16 @@ class VLLMServer:
 
     Use it as a context manager, or call :meth:`start` / :meth:`stop`. Starting a server whose
     launch configuration matches one this Python process already runs reuses that one (same
-    pid); a different configuration on the same fixed port stops the old server first.
+    pid); a different configuration on the same fixed port stops the old server first, and so
+    does (with ``exclusive=True``, the default) a different configuration of the same
+    ``--model`` on any port: an edited cell replaces its server instead of adding a second copy.
     """
 
     def __init__(self, settings: Settings, *, host: str = DEFAULT_HOST, port: int | None = None,
                  api_key: str | None = None, extra_args: Sequence[str] = (),
                  env: Mapping[str, str] | None = None, log_path: str | Path | None = None,
                  timeout: float = DEFAULT_TIMEOUT_S, progress: bool = True,
-                 command: Sequence[str] | None = None) -> None:
+                 command: Sequence[str] | None = None, exclusive: bool = True) -> None:
         if port is not None and not 0 < int(port) < 65536:
             raise ServerError(f"port={port} is not a TCP port: use 1-65535, or port=None for a free one.")
         self.settings = settings
@@ -389,6 +391,7 @@ class VLLMServer:
         self.env = {**settings.vllm_environment(), **dict(env or {})}
         self.timeout = float(timeout)
         self.progress = progress
+        self.exclusive = exclusive
         self._custom_command = None if command is None else [str(arg) for arg in command]
         self._log_path = None if log_path is None else Path(log_path)
         self._launch: _Launch | None = None
@@ -501,6 +504,8 @@ class VLLMServer:
                     )
             else:
                 port = free_port(self.host)
+            if self.exclusive:
+                self._stop_other_configurations_of_this_model(live, port)
             launch = self._spawn(config, port)
             self._launch = launch
         self._wait_healthy(launch)
@@ -514,6 +519,21 @@ class VLLMServer:
         _stop_launch(launch, grace)
 
     # -- internals -----------------------------------------------------------------------
+    def _stop_other_configurations_of_this_model(self, live: Sequence[_Launch], port: int) -> None:
+        """An edited and re-run cell replaces the old server of the same ``--model``.
+
+        Two copies of one model compete for the same memory (on a 24 GB card the second one
+        fails with CUDA out of memory), so the old one is stopped first, and we say so.
+        """
+        model = _option_values(self.command_for(port)).get("--model")
+        for launch in live:
+            if model is not None and _option_values(launch.command).get("--model") == model and launch.alive():
+                self._say(
+                    f"stopping the server of the same model on port {launch.port} (pid {launch.pid}): "
+                    f"it has a different configuration ({_difference(launch, self.command_for(launch.port), self.env)})"
+                )
+                _stop_launch(launch)
+
     def _say(self, message: str) -> None:
         if self.progress:
             print(message, flush=True)

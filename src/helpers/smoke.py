@@ -33,8 +33,9 @@ import tempfile
 import textwrap
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
+from .cli_args import OneLineParser, number
 from .errors import CourseError
 from .hardware import detect_cpu, detect_gpus, dtype_for_compute_capability
 from .settings import DTYPES, Settings
@@ -54,47 +55,6 @@ exit codes: 0 all 4 tests passed, 1 start-up or a test failed, 2 invalid argumen
 """
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a usage error is a single line (and exit code 2)."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        text = " ".join(message.split())
-        self.exit(2, f"{self.prog}: error: {text} (see --help)\n")
-
-
-def _int_in(name: str, low: int, high: int | None = None, note: str = "") -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-        if value < low or (high is not None and value > high):
-            limit = f"{low}-{high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"{value} is not a valid {name}: use {limit}{note}")
-        return value
-    return parse
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"{value} is outside (0, 1]: it is the fraction of GPU memory vLLM may use, e.g. 0.8")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be a positive number of seconds")
-    return value
-
-
 def build_parser() -> OneLineParser:
     parser = OneLineParser(
         prog="python -m helpers.smoke",
@@ -108,18 +68,22 @@ def build_parser() -> OneLineParser:
     parser.add_argument("model", metavar="MODEL",
                         help="local model directory (must contain config.json) or a hub id such as "
                              "Qwen/Qwen2.5-0.5B-Instruct (passed to vLLM as it is)")
-    parser.add_argument("--port", type=_int_in("port", 0, 65535, " (0 picks a free port)"), default=8000,
+    parser.add_argument("--port", type=number(int, minimum=0, maximum=65535, what="port", note=" (0 picks a free port)"),
+                        default=8000,
                         help="port on 127.0.0.1 to serve on; 0 picks a free one (default: %(default)s)")
-    parser.add_argument("--gpus", type=_int_in("GPU count", 1), default=1, metavar="N",
+    parser.add_argument("--gpus", type=number(int, minimum=1, what="GPU count"), default=1, metavar="N",
                         help="GPUs to shard the model over (--tensor-parallel-size); ignored on CPU (default: %(default)s)")
-    parser.add_argument("--max-len", type=_int_in("max len", 1), default=1024, metavar="TOKENS",
+    parser.add_argument("--max-len", type=number(int, minimum=1, what="max len"), default=1024, metavar="TOKENS",
                         help="--max-model-len: prompt + output tokens per request (default: %(default)s)")
-    parser.add_argument("--gpu-util", type=_fraction, default=0.8, metavar="FRACTION",
+    parser.add_argument("--gpu-util", default=0.8, metavar="FRACTION",
+                        type=number(float, minimum=0, maximum=1, exclusive_minimum=True,
+                                    note=": it is the fraction of GPU memory vLLM may use, e.g. 0.8"),
                         help="--gpu-memory-utilization, in (0, 1]; ignored on CPU (default: %(default)s)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="weights/activations dtype; auto picks bfloat16 or float16 on GPU and "
                              "bfloat16 or float32 on CPU from the hardware and config.json (default: %(default)s)")
-    parser.add_argument("--timeout", type=_seconds, default=180.0, metavar="SECONDS",
+    parser.add_argument("--timeout", type=number(float, minimum=0, exclusive_minimum=True, what="number of seconds"),
+                        default=180.0, metavar="SECONDS",
                         help="how long to wait for the server to become healthy (default: %(default)s)")
     parser.add_argument("--api-key", default=None, metavar="KEY",
                         help="start the server with --api-key KEY and send it with every request (default: no key)")

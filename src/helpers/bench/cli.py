@@ -21,109 +21,62 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from ..cli_args import OneLineParser, comma_list, number, one_of
+
 PROG = "python -m helpers.bench"
 
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit 2 (argparse prints usage too)
-        sys.stderr.write(f"{PROG}: error: {message}\n")
-        sys.exit(2)
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of integers") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"{text!r}: give positive integers, e.g. 1,8,32")
-    return values
+_count = number(int, minimum=1, what="count")
+_tokens = number(int, minimum=1, what="number of tokens")
+_seconds = number(float, minimum=0, exclusive_minimum=True, what="number of seconds")
+_batch_size_number = number(int, minimum=1, what="batch size", note=" or 'all'")
 
 
-def _batch_list(text: str) -> list[int | str]:
-    values: list[int | str] = []
-    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
-        if part == "all":
-            values.append("all")
-            continue
-        try:
-            value = int(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{part!r} is not a batch size (a positive integer or 'all')") from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f"batch size {value} must be >= 1")
-        values.append(value)
-    if not values:
-        raise argparse.ArgumentTypeError("give at least one batch size, e.g. 1,8,32,all")
-    return values
+def _batch_size(text: str) -> int | str:
+    """A positive integer, or ``all`` (one batch of every request)."""
+    return "all" if text.strip().lower() == "all" else _batch_size_number(text)
 
 
-def _engines(text: str) -> list[str]:
-    values = [p.strip().lower() for p in text.split(",") if p.strip()]
-    bad = [v for v in values if v not in ("vllm", "hf")]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(f"{text!r}: engines are vllm and/or hf")
-    return values
-
-
-def _positive(kind):
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-        return value
-    return parse
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be >= 0")
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Honest vLLM vs transformers benchmarks (notebook 04).")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+def build_parser() -> OneLineParser:
+    parser = OneLineParser(prog=PROG, description="Honest vLLM vs transformers benchmarks (notebook 04).")
+    sub = parser.add_subparsers(dest="command", required=True)  # sub-parsers are OneLineParsers too
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--profile", choices=("gpu", "cpu", "tiny"), help="course profile (default: COURSE_PROFILE or auto)")
         p.add_argument("--mode", choices=("fixed", "mixed"), default="fixed",
                        help="fixed lengths, or ShareGPT-like mixed lengths (--input/--output-len become medians)")
-        p.add_argument("--input-len", type=_positive(int), help="prompt tokens (fixed: 64; mixed: median, default 130)")
-        p.add_argument("--output-len", type=_positive(int), help="output tokens (fixed: 128; mixed: median, default 150)")
-        p.add_argument("--max-input-len", type=_positive(int), help="mixed mode: clip prompts to this length (1024)")
-        p.add_argument("--max-output-len", type=_positive(int), help="mixed mode: clip outputs to this length (1024)")
+        p.add_argument("--input-len", type=_tokens, help="prompt tokens (fixed: 64; mixed: median, default 130)")
+        p.add_argument("--output-len", type=_tokens, help="output tokens (fixed: 128; mixed: median, default 150)")
+        p.add_argument("--max-input-len", type=_tokens, help="mixed mode: clip prompts to this length (1024)")
+        p.add_argument("--max-output-len", type=_tokens, help="mixed mode: clip outputs to this length (1024)")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--temperature", type=_non_negative_float, default=0.0, help="0 = greedy (default)")
+        p.add_argument("--temperature", type=number(float, minimum=0, what="temperature"), default=0.0,
+                       help="0 = greedy (default)")
         p.add_argument("--out", type=Path, help="JSON file for the records (default results/<kind>-...json)")
         p.add_argument("--images", type=Path, help="folder for the plots (default images/)")
         p.add_argument("--no-plots", action="store_true", help="do not draw plots")
 
     off = sub.add_parser("offline", help="offline throughput: vLLM LLM.generate vs transformers generate")
     common(off)
-    off.add_argument("--num-prompts", type=_int_list, default=[25, 100], help="comma-separated, e.g. 25,100,200")
-    off.add_argument("--hf-batch-sizes", type=_batch_list, default=[1, 8, 32, "all"], help="e.g. 1,8,32,all")
-    off.add_argument("--engines", type=_engines, default=["vllm", "hf"], help="vllm,hf (default both)")
+    off.add_argument("--num-prompts", type=comma_list(_count, example="25,100,200"), default=[25, 100],
+                     help="comma-separated, e.g. 25,100,200")
+    off.add_argument("--hf-batch-sizes", type=comma_list(_batch_size, example="1,8,32,all"),
+                     default=[1, 8, 32, "all"], help="e.g. 1,8,32,all")
+    off.add_argument("--engines", type=comma_list(one_of(("vllm", "hf"), what="engine"), example="vllm,hf"),
+                     default=["vllm", "hf"], help="vllm,hf (default both)")
     off.add_argument("--sort-by-length", action="store_true",
                      help="let transformers batch requests sorted by length (recorded; default arrival order)")
-    off.add_argument("--timeout", type=_positive(float), help="seconds per engine run before it is killed")
-    off.add_argument("--repeats", type=_positive(int), default=1,
+    off.add_argument("--timeout", type=_seconds, help="seconds per engine run before it is killed")
+    off.add_argument("--repeats", type=_count, default=1,
                      help="time each run N times on fresh prompts of the same lengths; report the median")
 
     srv = sub.add_parser("serve", help="latency under load against an OpenAI-compatible server")
     common(srv)
     srv.add_argument("--base-url", help="e.g. http://127.0.0.1:8000 (default: start a server for the profile)")
     srv.add_argument("--model", help="served model name (default: the one the server serves)")
-    srv.add_argument("--concurrency", type=_int_list, default=[1, 2, 4, 8, 16, 32], help="e.g. 1,2,4,8,16,32")
-    srv.add_argument("--requests-per-level", type=_positive(int), default=32)
-    srv.add_argument("--request-timeout", type=_positive(float), default=600.0, help="seconds per request")
+    srv.add_argument("--concurrency", type=comma_list(_count, example="1,2,4,8,16,32"),
+                     default=[1, 2, 4, 8, 16, 32], help="e.g. 1,2,4,8,16,32")
+    srv.add_argument("--requests-per-level", type=_count, default=32)
+    srv.add_argument("--request-timeout", type=_seconds, default=600.0, help="seconds per request")
     srv.add_argument("--tokenizer", type=Path, help="model folder whose vocabulary the prompts use (default: the profile's)")
 
     show = sub.add_parser("show", help="print tables and conclusions of saved records, redraw the plots")

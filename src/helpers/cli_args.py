@@ -1,0 +1,89 @@
+"""Shared by the course's command lines (helpers.smoke, helpers.bench; notebook 03 and 04).
+
+* :class:`OneLineParser`: argparse whose usage errors are one line on stderr and exit status 2.
+* :func:`number`, :func:`one_of`, :func:`comma_list`: ``type=`` callables that check a value and
+  say in one sentence what is wrong and what to use instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable, NoReturn, TypeVar
+
+T = TypeVar("T")
+N = TypeVar("N", int, float)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, ``PROG: error: MESSAGE (see --help)``, and exit 2.
+
+    Sub-commands get the same behaviour: ``add_subparsers`` uses the parser's own class.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        text = " ".join(message.split())
+        self.exit(2, f"{self.prog}: error: {text} (see --help)\n")
+
+
+def number(kind: Callable[[str], N], *, minimum: float | None = None, maximum: float | None = None,
+           exclusive_minimum: bool = False, what: str = "", note: str = "") -> Callable[[str], N]:
+    """``type=`` for an ``int`` or ``float`` in a range (``maximum`` is inclusive).
+
+    With ``what`` (a noun) errors read ``-1 is not a valid port: use an integer in [0, 65535]``;
+    without, ``1.5 is outside (0, 1]`` or ``'x' is not a number``. ``note`` is appended as is.
+    """
+    noun = "an integer" if kind is int else "a number"
+    if minimum is not None and maximum is not None:
+        allowed = f"{'(' if exclusive_minimum else '['}{minimum}, {maximum}]"
+    elif minimum is not None:
+        allowed = f"{'>' if exclusive_minimum else '>='} {minimum}"
+    else:
+        allowed = f"<= {maximum}" if maximum is not None else ""
+    bounded = minimum is not None and maximum is not None
+    use = f"use {noun}" + (f" in {allowed}" if bounded else f" {allowed}" if allowed else "")
+
+    def parse(text: str) -> N:
+        try:
+            value = kind(text)
+        except ValueError:
+            shown, parsed = repr(text), False
+        else:
+            shown, parsed = str(value), True
+            # written so that NaN fails every bound
+            low_ok = minimum is None or (value > minimum if exclusive_minimum else value >= minimum)
+            if low_ok and (maximum is None or value <= maximum):
+                return value
+        if what:
+            raise argparse.ArgumentTypeError(f"{shown} is not a valid {what}: {use}{note}")
+        if not parsed:
+            raise argparse.ArgumentTypeError(f"{shown} is not {noun}{note}")
+        raise argparse.ArgumentTypeError(f"{shown} is {'outside' if bounded else 'not'} {allowed}{note}")
+
+    return parse
+
+
+def one_of(options: tuple[str, ...], *, what: str) -> Callable[[str], str]:
+    """``type=`` for one of ``options`` (case-insensitive; returns the lower-case option)."""
+
+    def parse(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a valid {what}: use one of {', '.join(options)}")
+        return value
+
+    return parse
+
+
+def comma_list(item: Callable[[str], T], *, example: str) -> Callable[[str], list[T]]:
+    """``type=`` for comma-separated values, each checked by ``item``; empty parts are skipped."""
+
+    def parse(text: str) -> list[T]:
+        parts = [part.strip() for part in text.split(",") if part.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"{text!r}: give at least one value, e.g. {example}")
+        try:
+            return [item(part) for part in parts]
+        except argparse.ArgumentTypeError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r}: {exc} (e.g. {example})") from None
+
+    return parse
