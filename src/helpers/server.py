@@ -290,12 +290,7 @@ def _stop_launch(launch: _Launch, grace: float = STOP_GRACE_S) -> None:
     if launch.alive() or _group_members(pgid):
         _signal_group(pgid, signal.SIGTERM)
         try:
-            deadline = time.monotonic() + grace
-            while time.monotonic() < deadline:
-                launch.popen.poll()
-                if not launch.alive() and not _group_members(pgid):
-                    break
-                time.sleep(0.1)
+            _wait_gone(launch, pgid, grace)
         finally:  # also when a second Ctrl-C lands here: never leave the group running
             if launch.alive() or _group_members(pgid):
                 _signal_group(pgid, signal.SIGKILL)
@@ -303,13 +298,15 @@ def _stop_launch(launch: _Launch, grace: float = STOP_GRACE_S) -> None:
     launch.popen.poll()
 
 
-def _wait_gone(launch: _Launch, pgid: int, timeout: float) -> None:
+def _wait_gone(launch: _Launch, pgid: int, timeout: float) -> bool:
+    """Wait until the server and every process of its group are gone; False on timeout."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         launch.popen.poll()
         if not launch.alive() and not _group_members(pgid):
-            return
+            return True
         time.sleep(0.05)
+    return False
 
 
 def stop_all(quiet: bool = True) -> int:
