@@ -1,14 +1,16 @@
-"""Shared test set-up: the whole suite (notebooks included) runs in the ``tiny`` profile.
+"""Shared test set-up: notebooks run in the ``smol`` profile unless ``COURSE_PROFILE`` says otherwise.
 
-Set ``COURSE_PROFILE=gpu`` (or ``cpu``) before ``pytest`` to run it against a real model.
-Kernels started by nbval inherit this environment.
+``smol`` is a real (135M-parameter) chat model built offline, so the notebooks show what a
+model does. Unit tests pick their profile explicitly (mostly ``tiny``: an engine whose
+behaviour does not matter, started in seconds). Kernels started by nbval inherit this
+environment: ``COURSE_PROFILE=tiny`` or ``gpu`` before ``pytest`` runs the notebooks there.
 """
 
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("COURSE_PROFILE", "tiny")
+os.environ.setdefault("COURSE_PROFILE", "smol")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 

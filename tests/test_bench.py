@@ -287,6 +287,14 @@ def test_speedups_and_conclusions_come_from_the_data():
     assert "5.00x" in speedup_table(OFFLINE) and "2.00x" in speedup_table(OFFLINE)
 
 
+def test_a_machine_is_busy_only_beyond_what_the_benchmark_itself_loads():
+    from helpers.bench.report import busy
+
+    assert not busy({"load_avg_1m": 2.1, "cpu_count": 2})      # the sweep's own two threads
+    assert busy({"load_avg_1m": 3.5, "cpu_count": 2})
+    assert not busy({"load_avg_1m": None, "cpu_count": 2}) and not busy({"load_avg_1m": 9.0})
+
+
 def test_serving_table_and_conclusions_show_failures():
     text = table(SERVING)
     assert "concurrency 8: 1 failed" in text
@@ -294,6 +302,12 @@ def test_serving_table_and_conclusions_show_failures():
     assert facts["peak_concurrency"] == 8 and facts["knee_concurrency"] == 4  # 600 >= 0.9 x 650
     assert facts["failed_requests"] == 1 and facts["throughput_gain"] == pytest.approx(3.25)
     assert any("1 of 24 requests failed" in s for s in facts["text"])
+    # the best level is the last one tried: no "reached at" claim, a hint to go higher instead
+    assert "still rising at the highest concurrency tried (8)" in facts["text"][0]
+    assert "90% of the peak" not in " ".join(facts["text"])
+    levelled = conclusions(SERVING + [
+        {**next(r for r in SERVING if r["concurrency"] == 8), "concurrency": 16, "output_tokens_per_s": 640.0}])
+    assert "peaked at" in levelled["text"][0] and "90% of the peak is reached at concurrency" in levelled["text"][0]
 
 
 def test_plots_draw_exactly_the_records(tmp_path):

@@ -124,7 +124,7 @@ def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
         download_model(MODEL_ID, tmp_path / "tiny")
     assert time.perf_counter() - start < 5
     message = str(info.value)
-    assert endpoint in message and "COURSE_PROFILE=tiny" in message and "MODELSCOPE_ENDPOINT" in message
+    assert endpoint in message and "COURSE_PROFILE=smol" in message and "MODELSCOPE_ENDPOINT" in message
     assert "\n" not in message
     assert info.value.__cause__ is not None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -23,6 +24,10 @@ def test_explicit_profiles_have_the_documented_defaults():
     assert (cpu.model_id, cpu.dtype, cpu.cpu_kvcache_space_gib) == ("Qwen/Qwen2.5-0.5B-Instruct", "bfloat16", 2)
     tiny = get_settings("tiny", env={})
     assert tiny.enforce_eager and tiny.served_model_name == "tiny-qwen2"
+    smol = get_settings("smol", env={})
+    assert (smol.model_id, smol.served_model_name, smol.dtype) == (
+        "HuggingFaceTB/SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct", "bfloat16")
+    assert smol.builds_model_locally and smol.wheel_dir == smol.models_root / "wheels"
     # readable folder names: the last part of the model id, never ModelScope's Qwen2___5
     assert gpu.model_dir.name == "Qwen2.5-7B-Instruct" and "___" not in str(gpu.model_dir)
 
@@ -39,7 +44,7 @@ def _listening_socket() -> socket.socket:
     return sock
 
 
-def test_auto_picks_cpu_when_the_hub_answers_and_tiny_when_it_does_not(monkeypatch):
+def test_auto_picks_cpu_when_the_hub_answers_and_smol_when_it_does_not(monkeypatch):
     if detect_gpus():
         pytest.skip("a GPU is present: auto-detection picks gpu")
     settings_module.hub_reachable.cache_clear()
@@ -51,8 +56,8 @@ def test_auto_picks_cpu_when_the_hub_answers_and_tiny_when_it_does_not(monkeypat
     monkeypatch.setenv("MODELSCOPE_ENDPOINT", f"http://127.0.0.1:{port}")  # socket closed now
     settings_module.hub_reachable.cache_clear()
     offline = get_settings(env={"COURSE_PROFILE": "auto"})
-    assert offline.profile == "tiny"
-    assert "unreachable" in offline.reason and "random" in offline.reason
+    assert offline.profile == "smol"
+    assert "unreachable" in offline.reason and "SmolLM2" in offline.reason
 
 
 def test_auto_picks_gpu_and_dtype_from_the_card(monkeypatch):
@@ -114,7 +119,7 @@ def test_malformed_override_names_the_variable_and_the_form(variable, value, exp
 
 
 def test_unknown_profile_lists_the_valid_ones():
-    with pytest.raises(SettingsError, match="gpu, cpu, tiny"):
+    with pytest.raises(SettingsError, match="gpu, cpu, smol, tiny"):
         get_settings(env={"COURSE_PROFILE": "gpu4090"})
 
 
@@ -123,7 +128,7 @@ def test_gpu_profile_without_a_gpu_says_how_to_switch(monkeypatch):
     with pytest.raises(SettingsError) as err:
         get_settings("gpu", env={})
     message = str(err.value)
-    assert "nvidia-smi found none" in message and "COURSE_PROFILE=cpu" in message and "COURSE_PROFILE=tiny" in message
+    assert "nvidia-smi found none" in message and "COURSE_PROFILE=cpu" in message and "COURSE_PROFILE=smol" in message
 
 
 def test_tensor_parallel_larger_than_the_gpu_count_is_refused(monkeypatch):
@@ -141,6 +146,26 @@ def test_llm_kwargs_and_environment_per_profile():
     gpu = get_settings("gpu", env={}, check_hardware=False)
     assert gpu.llm_kwargs()["gpu_memory_utilization"] == 0.90 and gpu.vllm_environment() == {}
     assert get_settings("cpu", env={}).vllm_environment() == {"VLLM_CPU_KVCACHE_SPACE": "2"}
+    assert get_settings("smol", env={}).vllm_environment()["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"
+
+
+def test_apply_vllm_environment_routes_the_log_to_a_file(monkeypatch):
+    monkeypatch.delenv("VLLM_LOGGING_CONFIG_PATH", raising=False)
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING", raising=False)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    applied = get_settings("smol", env={}).apply_vllm_environment()
+    assert Path(applied["VLLM_LOGGING_CONFIG_PATH"]).is_file()
+    assert {name: os.environ[name] for name in applied} == applied
+
+
+def test_a_model_folder_of_ones_own_is_checked_never_rebuilt(tmp_path):
+    """COURSE_MODEL_DIR in a local profile: the folder is verified, not overwritten by a build."""
+    (tmp_path / "keep.txt").write_text("mine")
+    smol = get_settings("smol", env={"COURSE_MODEL_DIR": str(tmp_path)})
+    assert not smol.builds_model_locally
+    with pytest.raises(ModelFilesError, match="COURSE_MODEL_DIR"):
+        smol.ensure_model()
+    assert (tmp_path / "keep.txt").read_text() == "mine"
 
 
 def test_missing_download_says_which_notebook_fetches_it(tmp_path):

@@ -11,7 +11,8 @@ import textwrap
 import pytest
 
 from helpers.settings import get_settings
-from helpers.tiny_model import SPECIAL_TOKENS, STAMP_FILE, build_tiny_model, file_digests
+from helpers.model_build import STAMP_FILE, file_digests
+from helpers.tiny_model import SPECIAL_TOKENS, build_tiny_model
 
 
 def test_two_builds_are_byte_identical(tmp_path, tiny_model_dir):

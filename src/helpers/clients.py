@@ -22,7 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -45,16 +45,23 @@ def _base(base_url: str) -> str:
 
 
 def curl_recipes(base_url: str, model: str, api_key: str | None = None, *,
-                 prompt: str = DEFAULT_PROMPT, question: str = DEFAULT_QUESTION,
-                 max_tokens: int = 32) -> dict[str, str]:
+                 key_variable: str | None = None, prompt: str = DEFAULT_PROMPT,
+                 question: str = DEFAULT_QUESTION, max_tokens: int = 32) -> dict[str, str]:
     """Copy-paste curl commands for a live server, keyed by what they do.
 
     Keys: ``health``, ``models``, ``completions``, ``chat``, ``chat_stream`` (``-N`` turns off
     curl's buffering so the server-sent events appear as they are generated). With an
     ``api_key`` every ``/v1`` call sends ``Authorization: Bearer KEY`` (``/health`` needs none).
+    With ``key_variable="VLLM_API_KEY"`` instead, the recipes read the key from that
+    environment variable (``"Authorization: Bearer $VLLM_API_KEY"``): no secret in the text.
     """
     base = _base(base_url)
-    auth = f" \\\n  -H {shlex.quote(f'Authorization: Bearer {api_key}')}" if api_key else ""
+    if key_variable:
+        auth = f' \\\n  -H "Authorization: Bearer ${key_variable}"'
+    elif api_key:
+        auth = f" \\\n  -H {shlex.quote(f'Authorization: Bearer {api_key}')}"
+    else:
+        auth = ""
     json_header = " \\\n  -H 'Content-Type: application/json'"
 
     def post(path: str, body: Mapping[str, Any], flags: str = "") -> str:
@@ -139,9 +146,11 @@ def async_openai_client(server_or_base_url: Any, api_key: str | None = None, *, 
 class StreamResult:
     """What a streamed request produced and how fast.
 
-    ``chunks`` counts the chunks that carried text; ``ttft_s`` is the time from sending the
-    request to the first of them; ``completion_tokens`` comes from the final usage chunk
-    (``stream_options={"include_usage": True}``).
+    ``chunks`` counts the chunks that carried text (``pieces`` holds their texts, in order);
+    ``ttft_s`` is the time from sending the request to the first of them;
+    ``completion_tokens`` comes from the final usage chunk
+    (``stream_options={"include_usage": True}``). A chunk can carry several tokens: vLLM holds
+    back the bytes of an unfinished character until the token that completes it.
     """
 
     text: str
@@ -151,6 +160,7 @@ class StreamResult:
     completion_tokens: int | None
     prompt_tokens: int | None
     finish_reason: str | None
+    pieces: list[str] = field(default_factory=list, repr=False)
 
     @property
     def tokens_per_s(self) -> float | None:
@@ -205,7 +215,7 @@ def _consume(stream: Iterable[Any], text_of: Callable[[Any], str | None], starte
     return StreamResult(
         text="".join(parts), chunks=chunks, ttft_s=ttft, total_s=time.perf_counter() - started,
         completion_tokens=getattr(usage, "completion_tokens", None),
-        prompt_tokens=getattr(usage, "prompt_tokens", None), finish_reason=finish,
+        prompt_tokens=getattr(usage, "prompt_tokens", None), finish_reason=finish, pieces=parts,
     )
 
 

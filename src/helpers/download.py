@@ -457,7 +457,7 @@ def _unreachable(hub: str, endpoint: str, reason: str) -> DownloadError:
     return DownloadError(
         f"Cannot reach the {_HUB_LABELS[hub]} hub at {endpoint} ({reason}). Check your network connection "
         f"and proxy settings, check {env} if you use a mirror or a local hub, "
-        f"or run the course offline with COURSE_PROFILE=tiny, which needs no network."
+        f"or run the course offline with COURSE_PROFILE=smol (a real small model built from a PyPI wheel), which needs no model hub."
     )
 
 
@@ -659,7 +659,7 @@ def _translate_modelscope_error(
                     f"Lost the connection to ModelScope at {endpoint} while downloading {names} "
                     f"({len(failed)} of {exc.total} files failed). Completed files are kept: re-run "
                     f"download_model({model_id!r}, {str(target)!r}) to resume. If it keeps failing, check your "
-                    f"network and MODELSCOPE_ENDPOINT, or use COURSE_PROFILE=tiny, which needs no network."
+                    f"network and MODELSCOPE_ENDPOINT, or use COURSE_PROFILE=smol, which needs no model hub."
                 )
         path, err = next(iter(failed.items()))
         return _partial(model_id, target, path, _one_line(err))

@@ -36,7 +36,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -46,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from .engine_log import LOG_DIR
 from .errors import ServerError
 from .settings import Settings
 
@@ -100,10 +100,21 @@ def server_command(settings: Settings, *, host: str = DEFAULT_HOST, port: int,
     return cmd
 
 
-def format_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> str:
-    """A shell-ready one-liner: ``VAR=value ... python -m ...`` (copy it into a terminal)."""
-    prefix = [f"{name}={shlex.quote(value)}" for name, value in (env or {}).items()]
-    return " ".join(prefix + [shlex.quote(str(arg)) for arg in argv])
+def format_command(argv: Sequence[str], env: Mapping[str, str] | None = None, *,
+                   secrets: Mapping[str, str] | None = None) -> str:
+    """A shell-ready one-liner: ``VAR=value ... python -m ...`` (copy it into a terminal).
+
+    ``secrets`` maps environment variable names to the secret values they hold (e.g.
+    ``{"VLLM_API_KEY": key}``): each such value is written as ``"$VLLM_API_KEY"``, so the
+    line can be shown, logged or committed without the secret in it.
+    """
+    hidden = {value: f'"${name}"' for name, value in (secrets or {}).items() if value}
+
+    def word(text: str) -> str:
+        return hidden.get(text) or shlex.quote(text)
+
+    prefix = [f"{name}={word(value)}" for name, value in (env or {}).items()]
+    return " ".join(prefix + [word(str(arg)) for arg in argv])
 
 
 # -- ports and processes --------------------------------------------------------------------
@@ -536,7 +547,7 @@ class VLLMServer:
             print(message, flush=True)
 
     def _default_log_path(self, port: int) -> Path:
-        folder = Path(tempfile.gettempdir()) / "vllm-hands-on" / "logs"
+        folder = LOG_DIR
         stamp = time.strftime("%Y%m%d-%H%M%S")
         name = re.sub(r"[^\w.-]+", "_", self.served_model_name)
         return folder / f"server-{name}-{port}-{stamp}.log"
@@ -552,7 +563,8 @@ class VLLMServer:
             # thread that spawned the child (a finished worker thread would stop the server).
             argv = [sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), *command]
         with open(log_path, "wb") as log:
-            log.write(f"$ {format_command(command, self.env)}\n".encode())
+            shown = format_command(command, self.env, secrets={"VLLM_API_KEY": self.api_key or ""})
+            log.write(f"$ {shown}\n".encode())
             log.flush()
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                      stderr=subprocess.STDOUT, env=env, start_new_session=True)

