@@ -186,6 +186,18 @@ def test_stub_lifecycle_stop_kills_the_whole_group(tiny_settings, tmp_path):
     server.stop()  # idempotent
 
 
+def test_an_exported_vllm_api_key_does_not_lock_a_server_started_without_a_key(tiny_settings, tmp_path,
+                                                                                monkeypatch):
+    """vLLM reads VLLM_API_KEY; a key exported for other servers must not reach this one."""
+    monkeypatch.setenv("VLLM_API_KEY", "exported-in-the-shell")
+    script = tmp_path / "env_stub.sh"
+    script.write_text('echo "key in the server: ${VLLM_API_KEY:-none}"\nexec "$@"\n')
+    command = ["bash", str(script), *stub_command(tmp_path)]
+    with VLLMServer(tiny_settings, port=new_port(), command=command, progress=False) as server:
+        assert wait_until(lambda: "key in the server" in server.log_tail(), 5)
+        assert "key in the server: none" in server.log_tail()
+
+
 def test_stub_different_config_on_same_port_replaces_the_old_server(tiny_settings, tmp_path, capsys):
     port = new_port()
     first = VLLMServer(tiny_settings, port=port, command=stub_command(tmp_path, "a")).start()

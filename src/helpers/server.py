@@ -373,7 +373,8 @@ class VLLMServer:
     """A vLLM OpenAI-compatible server started from :class:`helpers.settings.Settings`.
 
     ``port=None`` picks a free port; a fixed port that something else listens on raises
-    :class:`~helpers.errors.ServerError` before anything is started. ``env`` adds environment
+    :class:`~helpers.errors.ServerError` before anything is started. The server needs a key
+    exactly when ``api_key`` is given (an exported ``VLLM_API_KEY`` is not passed on). ``env`` adds environment
     variables on top of ``settings.vllm_environment()``. ``command`` replaces the vLLM
     command line (its ``{port}`` fields are filled in), e.g. to supervise a stub server in tests.
 
@@ -557,6 +558,10 @@ class VLLMServer:
         log_path = self._log_path or self._default_log_path(port)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        if not self.api_key:
+            # vLLM also takes its key from VLLM_API_KEY: one exported in the shell for other
+            # servers must not silently lock this one, whose clients send no key.
+            env.pop("VLLM_API_KEY", None)
         argv = list(command)
         if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
             # Parent-death signal; only from the main thread, because Linux ties it to the
