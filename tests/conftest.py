@@ -13,7 +13,6 @@ import os
 os.environ.setdefault("COURSE_PROFILE", "smol")
 os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("TQDM_DISABLE", "1")   # no progress bars in test logs (downloads, model loads)
 
 import pytest  # noqa: E402
 

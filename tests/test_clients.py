@@ -144,7 +144,8 @@ def test_streamed_chunks_reassemble_the_exact_token_count(shared_server, client,
     printed = capsys.readouterr().out
     assert result.completion_tokens == n and result.finish_reason == "length"
     assert printed == result.text + "\n"  # printed as it arrived, nothing else
-    assert 1 <= result.chunks <= n
+    assert 1 <= result.chunks <= n and len(result.pieces) == result.chunks
+    assert "".join(result.pieces) == result.text
     assert 0 < result.ttft_s <= result.total_s and result.tokens_per_s > 0
     whole = client.completions.create(model=model, prompt=prompt, max_tokens=n, temperature=0,
                                       extra_body={"ignore_eos": True})
@@ -203,3 +204,23 @@ def test_error_shapes(shared_server, client):
                                         extra_body={"ignore_eos": True})
     assert clipped.usage.completion_tokens == 10 and clipped.usage.total_tokens == limit
     assert clipped.choices[0].finish_reason == "length"
+
+
+def test_recipes_and_commands_can_name_the_key_instead_of_showing_it():
+    from helpers.server import format_command
+
+    recipes = curl_recipes("http://127.0.0.1:8000/v1", "m", key_variable="VLLM_API_KEY")
+    assert all('-H "Authorization: Bearer $VLLM_API_KEY"' in recipes[name]
+               for name in ("models", "completions", "chat", "chat_stream"))
+    assert "Authorization" not in recipes["health"]
+    line = format_command(["python", "-m", "x", "--api-key", "s3cret"], {"VLLM_CPU_KVCACHE_SPACE": "1"},
+                          secrets={"VLLM_API_KEY": "s3cret"})
+    assert line == 'VLLM_CPU_KVCACHE_SPACE=1 python -m x --api-key "$VLLM_API_KEY"' and "s3cret" not in line
+
+
+def test_a_recipe_reads_the_key_from_the_environment_when_run(shared_server, monkeypatch):
+    recipes = curl_recipes(shared_server.base_url, shared_server.served_model_name, key_variable="VLLM_API_KEY")
+    monkeypatch.setenv("VLLM_API_KEY", API_KEY)
+    assert run_curl(recipes["models"])[0] == 200
+    monkeypatch.setenv("VLLM_API_KEY", "wrong")
+    assert run_curl(recipes["models"])[0] == 401
