@@ -341,6 +341,36 @@ def test_records_round_trip(tmp_path):
         load_records(tmp_path / "missing.json")
 
 
+def test_an_interrupted_save_keeps_the_previous_complete_file(tmp_path, monkeypatch):
+    from helpers.bench import offline as offline_module
+
+    path = save_records(OFFLINE, tmp_path / "r.json")
+    before = path.read_text()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(offline_module.os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_records(OFFLINE[:1], path)
+    assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
+
+
+def test_damaged_or_foreign_results_are_refused_with_the_file_named(tmp_path):
+    truncated = tmp_path / "cut.json"
+    truncated.write_text(save_records(OFFLINE, tmp_path / "whole.json").read_text()[:200])
+    with pytest.raises(BenchConfigError, match="cut.json is not complete JSON"):
+        load_records(truncated)
+    foreign = tmp_path / "other.json"
+    foreign.write_text(json.dumps({"records": [{"kind": "gateway", "x": 1}]}))
+    with pytest.raises(BenchConfigError, match="other.json holds records of kind gateway"):
+        load_records(foreign)
+    mixed = tmp_path / "mixed.json"
+    mixed.write_text(json.dumps({"records": OFFLINE[:1] + SERVING[:1]}))
+    with pytest.raises(BenchConfigError, match="mixed.json mixes offline and serving records"):
+        load_records(mixed)
+
+
 # -- command line ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("argv", [
     ["offline", "--num-prompts", "0"],
@@ -362,6 +392,27 @@ def test_cli_refuses_too_long_requests_exit_2(tiny_model_dir, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "max_model_len=2048" in err
+
+
+def test_cli_show_on_a_folder_of_every_kind_reports_file_by_file(tmp_path, capsys):
+    folder = tmp_path / "results"
+    save_records(OFFLINE, folder / "offline-fixed.json")
+    save_records([{**r, "mode": "mixed"} for r in OFFLINE], folder / "offline-mixed.json")
+    save_records(SERVING, folder / "serving.json")
+    assert cli_main(["show", str(folder), "--images", str(tmp_path / "img")]) == 0
+    out = capsys.readouterr().out
+    for heading in ("== offline-fixed.json: 8 offline records", "== offline-mixed.json: 8 offline records",
+                    "== serving.json: 3 serving records"):
+        assert heading in out
+    assert (tmp_path / "img" / "bench_offline_throughput-offline-mixed.png").is_file()
+    assert (tmp_path / "img" / "bench_latency_e2e-serving.png").is_file()
+
+
+def test_cli_show_on_a_damaged_file_is_one_line_and_exit_2(tmp_path, capsys):
+    (tmp_path / "cut.json").write_text('{"meta": {}, "records": [{"kind": "offl')
+    assert cli_main(["show", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cut.json is not complete JSON" in err and "Traceback" not in err
 
 
 def test_cli_show_prints_tables_and_writes_plots(tmp_path, capsys):

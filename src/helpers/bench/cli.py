@@ -93,7 +93,7 @@ def _lengths(args) -> tuple[int | None, int | None]:
     return args.input_len, args.output_len
 
 
-def _report(records, images: Path | None, no_plots: bool) -> None:
+def _report(records, images: Path | None, no_plots: bool, suffix: str = "") -> None:
     from .report import conclusions, plot_latency_throughput, plot_speedup, plot_throughput, speedup_table, table
 
     if not records:
@@ -110,16 +110,18 @@ def _report(records, images: Path | None, no_plots: bool) -> None:
         print("* " + sentence)
     if no_plots:
         return
-    folder = images
+    from .offline import default_images_dir
+
+    folder = images or (default_images_dir() if suffix else None)   # one file of many: names of its own
     plots = []
     if kind == "offline":
-        plots.append(plot_throughput(records, path=folder / "bench_offline_throughput.png" if folder else None))
+        plots.append(plot_throughput(records, path=folder / f"bench_offline_throughput{suffix}.png" if folder else None))
         if any(r["engine"] == "vllm" for r in records) and any(r["engine"] == "hf" for r in records):
-            plots.append(plot_speedup(records, path=folder / "bench_speedup.png" if folder else None))
+            plots.append(plot_speedup(records, path=folder / f"bench_speedup{suffix}.png" if folder else None))
     else:
         for metric in ("e2e", "tpot"):
             plots.append(plot_latency_throughput(
-                records, metric=metric, path=folder / f"bench_latency_{metric}.png" if folder else None))
+                records, metric=metric, path=folder / f"bench_latency_{metric}{suffix}.png" if folder else None))
     for plot in plots:
         print(f"plot written to {plot.path}")
 
@@ -148,11 +150,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args) -> int:
     from ..settings import get_settings
-    from .offline import OfflineConfig, load_records, run_offline
+    from .offline import BenchConfigError, OfflineConfig, load_records, run_offline
     from .serving import ServeConfig, run_serving
 
     if args.command == "show":
-        _report(load_records(args.path), args.images, args.no_plots)
+        # One file is one sweep (one kind, one model): a folder is reported file by file.
+        files = sorted(args.path.glob("*.json")) if args.path.is_dir() else [args.path]
+        runs = [(file, load_records(file)) for file in files]   # every file checked before printing
+        if not runs:
+            raise BenchConfigError(f"No benchmark results in {args.path}: run `python -m helpers.bench offline` first.")
+        for file, records in runs:
+            if len(runs) > 1:
+                print(f"\n== {file.name}: {len(records)} {records[0]['kind'] if records else ''} records ==")
+            _report(records, args.images, args.no_plots, suffix=f"-{file.stem}" if len(runs) > 1 else "")
         return 0
     input_len, output_len = _lengths(args)
     if args.command == "offline":

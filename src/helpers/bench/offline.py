@@ -92,17 +92,37 @@ def timestamp() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+#: The record kinds this harness writes; :func:`load_records` refuses any other.
+RECORD_KINDS = ("offline", "serving")
+
+
 def save_records(records: Sequence[dict[str, Any]], path: str | Path, **meta: Any) -> Path:
-    """Write ``{"meta": ..., "records": [...]}`` as JSON (folders are created)."""
+    """Write ``{"meta": ..., "records": [...]}`` as JSON (folders are created).
+
+    Atomic: the JSON goes to a temporary file in the same folder, renamed over ``path`` only
+    when complete, so an interrupted sweep leaves the previous complete file, never half of one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"meta": {"written": timestamp(), **meta}, "records": list(records)}
-    path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    text = json.dumps(payload, indent=1, default=str) + "\n"
+    handle, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
     return path
 
 
 def load_records(path: str | Path) -> list[dict[str, Any]]:
-    """Records from a JSON file written by :func:`save_records` (or every ``*.json`` in a folder)."""
+    """Records from a JSON file written by :func:`save_records` (or every ``*.json`` in a folder).
+
+    A file that is not complete JSON, or holds records of an unknown kind, raises
+    :class:`BenchConfigError` naming the file.
+    """
     path = Path(path)
     if path.is_dir():
         records: list[dict[str, Any]] = []
@@ -111,12 +131,22 @@ def load_records(path: str | Path) -> list[dict[str, Any]]:
         return records
     if not path.is_file():
         raise BenchConfigError(f"No benchmark results at {path}: run `python -m helpers.bench offline` first.")
-    data = json.loads(path.read_text())
-    if isinstance(data, list):
-        return data
-    if not isinstance(data, dict) or not isinstance(data.get("records"), list):
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BenchConfigError(f"{path} is not complete JSON ({exc}): it may be from an interrupted run of an "
+                               "older version; delete it or re-run the benchmark.") from None
+    records = data if isinstance(data, list) else data.get("records") if isinstance(data, dict) else None
+    if not isinstance(records, list):
         raise BenchConfigError(f"{path} is not a benchmark results file (no 'records' list).")
-    return data["records"]
+    unknown = sorted({str(r.get("kind")) if isinstance(r, dict) else type(r).__name__ for r in records}
+                     - set(RECORD_KINDS))
+    if unknown:
+        raise BenchConfigError(f"{path} holds records of kind {', '.join(unknown)}; this version reads "
+                               f"{' and '.join(RECORD_KINDS)} records only.")
+    if len({r["kind"] for r in records}) > 1:
+        raise BenchConfigError(f"{path} mixes offline and serving records; the harness writes one kind per file.")
+    return records
 
 
 # -- configuration ------------------------------------------------------------------------------
