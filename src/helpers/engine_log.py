@@ -66,21 +66,11 @@ def route_offline_log(log_file: Path | None = None) -> dict[str, str]:
     return {"VLLM_LOGGING_CONFIG_PATH": str(config_file)}
 
 
-def highlights(log_file: str | Path, pattern: re.Pattern[str] = KV_CACHE_PATTERN,
-               since_line: int = 0) -> list[str]:
-    """The messages of ``log_file`` (from line ``since_line``) that match ``pattern``,
-    without their level/time/source prefix."""
+def highlights(log_file: str | Path, pattern: re.Pattern[str] = KV_CACHE_PATTERN) -> list[str]:
+    """The messages of ``log_file`` that match ``pattern``, without their level/time/source prefix."""
     try:
-        lines = Path(log_file).read_text(encoding="utf-8", errors="replace").splitlines()[since_line:]
+        lines = Path(log_file).read_text(encoding="utf-8", errors="replace").splitlines()
     except FileNotFoundError:
         return []
     return [_PREFIX.sub("", _ANSI.sub("", line)).strip() for line in lines if pattern.search(line)]
 
-
-def line_count(log_file: str | Path) -> int:
-    """Lines in ``log_file`` so far (0 if it does not exist): mark a point to read from."""
-    try:
-        with open(log_file, "rb") as handle:
-            return sum(1 for _ in handle)
-    except FileNotFoundError:
-        return 0

