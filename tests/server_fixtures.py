@@ -22,14 +22,25 @@ API_KEY = "course-test-key"
 #: Ports of servers (vLLM or stubs) started by these tests; checked for leftovers at the end.
 TEST_PORTS: set[int] = set()
 
-#: A stand-in server for lifecycle tests that need no model: answers GET /health with 200.
+#: A stand-in server for lifecycle tests that need no model: ``stub.py PORT NAME`` answers
+#: GET /health with 200 and GET /v1/models with a listing of NAME, as vLLM does.
 STUB_SERVER = textwrap.dedent("""\
-    import http.server, sys
+    import http.server, json, sys
 
     class Handler(http.server.BaseHTTPRequestHandler):
         def do_GET(self):
-            self.send_response(200 if self.path == "/health" else 404)
+            if self.path == "/v1/models":
+                body = json.dumps({"object": "list", "data": [{"id": sys.argv[2], "object": "model"}]}).encode()
+            elif self.path == "/health":
+                body = b""
+            else:
+                self.send_response(404)
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
             self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *args):
             pass
@@ -48,11 +59,11 @@ def new_port() -> int:
     return port
 
 
-def stub_command(tmp_path: Path, *extra: str) -> list[str]:
-    """``python stub.py {port}``: :class:`VLLMServer` fills in the port."""
+def stub_command(tmp_path: Path, *extra: str, name: str = "{served_model_name}") -> list[str]:
+    """``python stub.py {port} {served_model_name}``: :class:`VLLMServer` fills both in."""
     script = tmp_path / "stub_server.py"
     script.write_text(STUB_SERVER, encoding="utf-8")
-    return [sys.executable, str(script), "{port}", *extra]
+    return [sys.executable, str(script), "{port}", name, *extra]
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.1) -> bool:
@@ -82,8 +93,8 @@ def no_server_left_behind():
     busy = [port for port in sorted(TEST_PORTS) if listening(port)]
     for pid in [pid for pids in stragglers.values() for pid in pids]:
         try:  # clean up before failing, so that a failure leaves nothing behind either
-            if os.getpgid(pid) == pid:  # a group leader: one of ours (start_new_session)
-                os.killpg(pid, signal.SIGKILL)
+            if os.getpgid(pid) != os.getpgid(0):  # its own group (helpers.process): not pytest's
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
         except OSError:
             pass
     assert not leftovers, f"servers still registered at the end of the session: {leftovers}"

@@ -1,10 +1,11 @@
-"""Benchmarks (notebook 04): the math by hand, then small real runs of both engines and a server."""
+"""Benchmarks (notebook 04): the math by hand, reports from typed-in records, then small real runs.
+
+Results files and the command line: test_bench_files.py; stopping what was started: test_bench_stop.py.
+"""
 
 from __future__ import annotations
 
 import json
-import socket
-import time
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,8 @@ import pytest
 from helpers.bench import (
     SHAREGPT_LIKE,
     BenchConfigError,
-    BenchError,
     OfflineConfig,
+    RequestResult,
     ServeConfig,
     check_offline_fit,
     check_server,
@@ -30,7 +31,6 @@ from helpers.bench import (
     run_offline,
     run_serving,
     sample_lengths,
-    save_records,
     speedup_rows,
     speedup_table,
     summarize,
@@ -38,12 +38,14 @@ from helpers.bench import (
     time_per_output_token,
     useful_output_tokens,
 )
-from helpers.bench.cli import main as cli_main
-from helpers.bench.offline import hf_batches
 from helpers.bench.prompts import Request
 from helpers.bench.stats import produced_tokens
+from helpers.bench.worker import hf_batches
 from helpers.memory import ModelShape, reference_config
 from helpers.settings import get_settings, replace
+
+pytest.register_assert_rewrite("bench_records")
+from bench_records import OFFLINE, SERVING, offline_record  # noqa: E402
 
 QWEN_7B = ModelShape.from_config(reference_config("Qwen2.5-7B-Instruct"), name="Qwen2.5-7B-Instruct")
 TINY_SHAPE = ModelShape.from_config({  # the tiny model's config.json numbers, no file needed
@@ -64,14 +66,6 @@ def test_percentile_linear_interpolation_by_hand():
     assert percentile([10, 20], 25) == pytest.approx(12.5)
     with pytest.raises(ValueError):
         percentile(values, 101)
-
-
-def test_percentile_matches_numpy_default():
-    rng = np.random.default_rng(0)
-    for n in (1, 2, 5, 17, 100):
-        data = rng.exponential(size=n).tolist()
-        for q in (0, 1, 25, 50, 90, 99, 100):
-            assert percentile(data, q) == pytest.approx(float(np.percentile(data, q)))
 
 
 def test_summarize_scales_and_names():
@@ -95,8 +89,8 @@ def test_tpot_and_token_accounting_by_hand():
 
 
 def _result(ok, ttft=None, e2e=None, out=0, itl=(), error=None, requested=4):
-    return {"ok": ok, "error": error, "input_tokens": 10, "requested_output_tokens": requested,
-            "output_tokens": out, "ttft_s": ttft, "e2e_s": e2e, "itl_s": list(itl), "start_s": 0.0}
+    return RequestResult(input_tokens=10, requested_output_tokens=requested, start_s=0.0, ok=ok, error=error,
+                         output_tokens=out, streamed_tokens=out, ttft_s=ttft, e2e_s=e2e, itl_s=list(itl))
 
 
 def test_level_record_counts_failures_and_computes_over_successes():
@@ -162,12 +156,13 @@ class _FakeTokenizer:
 
 
 def test_prompts_use_only_regular_tokens_and_are_deterministic():
-    vocab = regular_token_ids(_FakeTokenizer(), vocab_size=7)
-    assert vocab == [0, 1, 2, 3, 4]
+    assert regular_token_ids(_FakeTokenizer(), vocab_size=7) == [0, 1, 2, 3, 4]
+    vocab = [101, 205, 307]  # ids, not positions: a prompt made of indices 0..2 would fail below
     reqs = make_requests(vocab, "mixed", 20, input_len=10, output_len=5, seed=3, max_input_len=30)
     assert reqs == make_requests(vocab, "mixed", 20, input_len=10, output_len=5, seed=3, max_input_len=30)
     assert reqs[:5] == make_requests(vocab, "mixed", 5, input_len=10, output_len=5, seed=3, max_input_len=30)
-    assert all(set(r.prompt_token_ids) <= set(vocab) for r in reqs)
+    drawn = [t for r in reqs for t in r.prompt_token_ids]
+    assert set(drawn) == set(vocab)  # every id drawn, nothing else
     assert len({r.prompt_token_ids for r in reqs}) == 20
 
 
@@ -234,35 +229,6 @@ def test_refuses_sequence_larger_than_vllm_kv_cache():
 
 
 # -- tables, conclusions and plots from records --------------------------------------------------------
-def _offline(engine, n, label, tps, error=None):
-    return {"kind": "offline", "engine": engine, "mode": "fixed", "num_prompts": n, "input_len": 64,
-            "output_len": 128, "batch_size": None if engine == "vllm" else (n if label == "all" else int(label)),
-            "batch_label": "continuous" if engine == "vllm" else label, "seconds": None if error else n * 128 / tps,
-            "requests_per_s": None if error else tps / 128, "total_tokens_per_s": None if error else tps * 1.5,
-            "output_tokens_per_s": None if error else tps, "wasted_tokens": 0, "peak_memory_bytes": 2**30,
-            "profile": "tiny", "dtype": "bfloat16", "device": "cpu", "error": error}
-
-
-OFFLINE = [
-    _offline("vllm", 25, None, 1000.0), _offline("hf", 25, "1", 100.0), _offline("hf", 25, "8", 400.0),
-    {**_offline("hf", 25, "all", 500.0), "seconds_repeats": [6.0, 6.4, 7.1], "load_avg_1m": 3.5, "cpu_count": 2},
-    _offline("vllm", 100, None, 3000.0), _offline("hf", 100, "1", 110.0), _offline("hf", 100, "8", 600.0),
-    _offline("hf", 100, "all", 0.0, error="hf worker timed out after 60 s (killed)"),
-]
-
-
-def _serving(c, tps, e2e50, e2e99, tpot50, failed=0):
-    return {"kind": "serving", "engine": "vllm-server", "model": "tiny-qwen2", "concurrency": c,
-            "num_requests": 8, "completed": 8 - failed, "failed": failed, "errors": {"HTTP 500": failed} if failed else {},
-            "requests_per_s": tps / 16, "output_tokens_per_s": tps, "e2e_ms_p50": e2e50, "e2e_ms_p90": e2e99,
-            "e2e_ms_p99": e2e99, "tpot_ms_p50": tpot50, "tpot_ms_p99": tpot50 * 2, "ttft_ms_p50": 10.0,
-            "ttft_ms_p90": 12.0, "ttft_ms_p99": 13.0, "itl_ms_p50": tpot50, "itl_ms_p99": tpot50 * 3}
-
-
-SERVING = [_serving(1, 200.0, 80.0, 100.0, 5.0), _serving(4, 600.0, 110.0, 150.0, 6.0),
-           _serving(8, 650.0, 200.0, 400.0, 12.0, failed=1)]
-
-
 def test_speedups_and_conclusions_come_from_the_data():
     rows = speedup_rows(OFFLINE)
     assert [(r["num_prompts"], r["best_hf_batch"], r["speedup"]) for r in rows] == [(25, "all", 2.0), (100, "8", 5.0)]
@@ -274,9 +240,9 @@ def test_speedups_and_conclusions_come_from_the_data():
     assert "5.00x the best transformers run (batch 8, 600 tokens/s)" in facts["text"][0]
     assert "grows from 2.00x at 25 prompts to 5.00x at 100 prompts" in facts["text"][1]
     assert "1 of 8 runs ran on a busy machine (load average up to 3.5 on 2 cores)" in " ".join(facts["text"])
-    slower = [_offline("vllm", 10, None, 500.0), _offline("hf", 10, "all", 1000.0)]
+    slower = [offline_record("vllm", 10, None, 500.0), offline_record("hf", 10, "all", 1000.0)]
     assert "was 2.00x as fast as vLLM (500 tokens/s): vLLM / transformers = 0.50x" in conclusions(slower)["text"][0]
-    wasteful = [_offline("vllm", 10, None, 500.0), {**_offline("hf", 10, "all", 100.0), "wasted_tokens": 300,
+    wasteful = [offline_record("vllm", 10, None, 500.0), {**offline_record("hf", 10, "all", 100.0), "wasted_tokens": 300,
                                                     "output_tokens": 900}]
     facts = conclusions(wasteful)
     assert facts["hf_wasted_share"] == pytest.approx(0.25)
@@ -330,111 +296,6 @@ def test_plots_draw_exactly_the_records(tmp_path):
     for p in (plot, speed, lat):
         assert p.path.is_file() and p.path.stat().st_size > 1000
     assert plot_throughput(OFFLINE, save=False).path is None
-
-
-def test_records_round_trip(tmp_path):
-    path = save_records(OFFLINE, tmp_path / "sub" / "r.json", kind="offline")
-    assert load_records(path) == json.loads(json.dumps(OFFLINE))
-    save_records(SERVING, tmp_path / "sub" / "s.json")
-    assert len(load_records(tmp_path / "sub")) == len(OFFLINE) + len(SERVING)
-    with pytest.raises(BenchConfigError, match="No benchmark results"):
-        load_records(tmp_path / "missing.json")
-
-
-def test_an_interrupted_save_keeps_the_previous_complete_file(tmp_path, monkeypatch):
-    from helpers.bench import offline as offline_module
-
-    path = save_records(OFFLINE, tmp_path / "r.json")
-    before = path.read_text()
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(offline_module.os, "replace", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        save_records(OFFLINE[:1], path)
-    assert path.read_text() == before and sorted(p.name for p in tmp_path.iterdir()) == ["r.json"]
-
-
-def test_damaged_or_foreign_results_are_refused_with_the_file_named(tmp_path):
-    truncated = tmp_path / "cut.json"
-    truncated.write_text(save_records(OFFLINE, tmp_path / "whole.json").read_text()[:200])
-    with pytest.raises(BenchConfigError, match="cut.json is not complete JSON"):
-        load_records(truncated)
-    foreign = tmp_path / "other.json"
-    foreign.write_text(json.dumps({"records": [{"kind": "gateway", "x": 1}]}))
-    with pytest.raises(BenchConfigError, match="other.json holds records of kind gateway"):
-        load_records(foreign)
-    mixed = tmp_path / "mixed.json"
-    mixed.write_text(json.dumps({"records": OFFLINE[:1] + SERVING[:1]}))
-    with pytest.raises(BenchConfigError, match="mixed.json mixes offline and serving records"):
-        load_records(mixed)
-
-
-# -- command line ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("argv", [
-    ["offline", "--num-prompts", "0"],
-    ["offline", "--hf-batch-sizes", "8,some"],
-    ["offline", "--engines", "vllm,tgi"],
-    ["serve", "--concurrency", "1,x"],
-    ["nonsense"],
-])
-def test_cli_invalid_arguments_one_line_exit_2(argv, capsys):
-    with pytest.raises(SystemExit) as exc:
-        cli_main(argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "error:" in err
-
-
-def test_cli_refuses_too_long_requests_exit_2(tiny_model_dir, capsys):
-    code = cli_main(["offline", "--profile", "tiny", "--input-len", "2000", "--output-len", "100"])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "max_model_len=2048" in err
-
-
-def test_cli_show_on_a_folder_of_every_kind_reports_file_by_file(tmp_path, capsys):
-    folder = tmp_path / "results"
-    save_records(OFFLINE, folder / "offline-fixed.json")
-    save_records([{**r, "mode": "mixed"} for r in OFFLINE], folder / "offline-mixed.json")
-    save_records(SERVING, folder / "serving.json")
-    assert cli_main(["show", str(folder), "--images", str(tmp_path / "img")]) == 0
-    out = capsys.readouterr().out
-    for heading in ("== offline-fixed.json: 8 offline records", "== offline-mixed.json: 8 offline records",
-                    "== serving.json: 3 serving records"):
-        assert heading in out
-    assert (tmp_path / "img" / "bench_offline_throughput-offline-mixed.png").is_file()
-    assert (tmp_path / "img" / "bench_latency_e2e-serving.png").is_file()
-
-
-def test_cli_show_on_a_damaged_file_is_one_line_and_exit_2(tmp_path, capsys):
-    (tmp_path / "cut.json").write_text('{"meta": {}, "records": [{"kind": "offl')
-    assert cli_main(["show", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "cut.json is not complete JSON" in err and "Traceback" not in err
-
-
-def test_cli_show_prints_tables_and_writes_plots(tmp_path, capsys):
-    path = save_records(OFFLINE, tmp_path / "o.json")
-    assert cli_main(["show", str(path), "--images", str(tmp_path / "img")]) == 0
-    out = capsys.readouterr().out
-    assert "speed-up" in out and "5.00x" in out
-    assert (tmp_path / "img" / "bench_speedup.png").is_file()
-
-
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def test_unreachable_server_fails_fast_naming_the_url():
-    url = f"http://127.0.0.1:{_closed_port()}"
-    started = time.monotonic()
-    with pytest.raises(BenchError, match=f"{url}/v1/models"):
-        run_serving(url, "tiny-qwen2", ServeConfig(concurrency=(1,), requests_per_level=1), vocab_ids=[1, 2, 3])
-    assert time.monotonic() - started < 5
 
 
 # -- real engines (tiny profile) -------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import pytest
 
 from helpers.clients import (
     PLACEHOLDER_API_KEY,
+    StreamResult,
     async_openai_client,
     curl_recipes,
     openai_client,
@@ -53,6 +54,22 @@ def test_curl_recipes_render_the_settings():
     assert body["stream_options"] == {"include_usage": True}
     without = curl_recipes("http://127.0.0.1:8123", "my-model")
     assert not any("Authorization" in recipe for recipe in without.values())
+
+
+def test_stream_result_speeds_leave_the_first_token_out_of_the_decode_rate():
+    result = StreamResult(text="abc", chunks=3, ttft_s=0.5, total_s=2.5, completion_tokens=5, prompt_tokens=7,
+                          finish_reason="length", pieces=["a", "b", "c"])
+    assert result.tokens_per_s == 2.0                      # 5 tokens / 2.5 s
+    assert result.decode_tokens_per_s == 2.0               # the 4 after the first / the 2 s after it
+    assert str(result) == ("5 tokens in 3 chunks, time to first token 500 ms, total 2.50 s, 2.0 tokens/s, "
+                           "finish_reason=length")
+    one = StreamResult(text="a", chunks=1, ttft_s=0.5, total_s=0.5, completion_tokens=1, prompt_tokens=7,
+                       finish_reason="stop")
+    assert one.decode_tokens_per_s is None and one.tokens_per_s == 2.0
+    empty = StreamResult(text="", chunks=0, ttft_s=None, total_s=0.1, completion_tokens=None, prompt_tokens=None,
+                         finish_reason=None)
+    assert empty.tokens_per_s is None and empty.decode_tokens_per_s is None
+    assert "time to first token n/a" in str(empty) and "n/a tokens/s" in str(empty)
 
 
 @needs_curl
@@ -146,7 +163,7 @@ def test_streamed_chunks_reassemble_the_exact_token_count(shared_server, client,
     assert printed == result.text + "\n"  # printed as it arrived, nothing else
     assert 1 <= result.chunks <= n and len(result.pieces) == result.chunks
     assert "".join(result.pieces) == result.text
-    assert 0 < result.ttft_s <= result.total_s and result.tokens_per_s > 0
+    assert 0 < result.ttft_s <= result.total_s and result.tokens_per_s == pytest.approx(n / result.total_s)
     whole = client.completions.create(model=model, prompt=prompt, max_tokens=n, temperature=0,
                                       extra_body={"ignore_eos": True})
     assert whole.usage.completion_tokens == n
@@ -164,7 +181,7 @@ def test_stream_chat_measures_and_can_stay_quiet(shared_server, client, capsys):
     assert capsys.readouterr().out == ""
     assert result.completion_tokens == quiet.completion_tokens == 12
     assert result.prompt_tokens > 0
-    assert result.decode_tokens_per_s is None or result.decode_tokens_per_s > 0
+    assert result.decode_tokens_per_s == pytest.approx(11 / (result.total_s - result.ttft_s))
     assert "12 tokens" in str(result) and "time to first token" in str(result)
 
 
@@ -218,6 +235,8 @@ def test_recipes_and_commands_can_name_the_key_instead_of_showing_it():
     assert line == 'VLLM_CPU_KVCACHE_SPACE=1 python -m x --api-key "$VLLM_API_KEY"' and "s3cret" not in line
 
 
+@needs_curl
+@pytest.mark.vllm
 def test_a_recipe_reads_the_key_from_the_environment_when_run(shared_server, monkeypatch):
     recipes = curl_recipes(shared_server.base_url, shared_server.served_model_name, key_variable="VLLM_API_KEY")
     monkeypatch.setenv("VLLM_API_KEY", API_KEY)

@@ -55,6 +55,5 @@ def test_highlights_pick_the_kv_cache_lines_without_their_prefix(tmp_path):
                                "Maximum concurrency for 8,192 tokens per request: 12.39x"]
 
 
-
 def test_highlights_of_a_log_not_written_yet_are_empty(tmp_path):
     assert highlights(tmp_path / "missing.log") == []

@@ -7,7 +7,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -109,7 +108,7 @@ def test_smoke_passes_end_to_end(tiny_model_dir):
     assert f"--port {port}" in out and "--api-key smoke-key" in out and "--max-model-len 512" in out
     assert "(ignored on CPU" in out and "VLLM_CPU_KVCACHE_SPACE=1" in out
     assert "16 generated /" in out and "chunks" in out
-    assert "stopping the server" in out
+    assert f"stopping the vLLM server on port {port}" in out
     assert running_server_pids(port=port) == []
 
 
@@ -118,34 +117,39 @@ def test_smoke_reports_a_failed_start_and_leaves_nothing(tiny_model_dir):
     from helpers.server import running_server_pids
 
     port = new_port()
-    started = time.monotonic()
     done = smoke(str(tiny_model_dir), "--port", str(port), "--max-len", "100000", timeout=120)
     out = done.stdout
     assert done.returncode == 1, out + done.stderr
     assert "the server did not start" in out and "0/4 passed" in out
     assert "max_model_len" in out and "vLLM says:" in out  # the reason, from the log tail
-    assert time.monotonic() - started < 90
+    assert "Traceback" not in done.stderr
     assert running_server_pids(port=port) == []
 
 
 @pytest.mark.vllm
-def test_smoke_ctrl_c_stops_the_server(tiny_model_dir):
+@pytest.mark.parametrize("sig, code, said", [(signal.SIGINT, 130, "interrupted (Ctrl+C)"),
+                                             (signal.SIGTERM, 143, "terminated (SIGTERM)")])
+def test_smoke_stops_the_server_on_ctrl_c_and_sigterm(tiny_model_dir, sig, code, said):
     from helpers.server import running_server_pids
 
     port = new_port()
     env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0", "PYTHONUNBUFFERED": "1"}
     child = subprocess.Popen([sys.executable, "-m", "helpers.smoke", str(tiny_model_dir), "--port", str(port)],
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        assert wait_until(lambda: running_server_pids(port=port), timeout=30)
-        time.sleep(2)
-        child.send_signal(signal.SIGINT)
-        out, _ = child.communicate(timeout=30)
+        lines = []
+        for line in child.stdout:  # wait for a state: the server process exists
+            lines.append(line)
+            if line.startswith("starting vLLM server"):
+                break
+        assert wait_until(lambda: running_server_pids(port=port), 10), "".join(lines)
+        child.send_signal(sig)
+        out, err = child.communicate(timeout=60)
     finally:
         if child.poll() is None:
             child.kill()
-    assert child.returncode == 130, out
-    assert "interrupted (Ctrl+C)" in out
+    assert child.returncode == code, out + err
+    assert said in out and "Traceback" not in err
     assert running_server_pids(port=port) == []
 
 

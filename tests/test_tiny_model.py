@@ -27,9 +27,12 @@ def test_a_cached_build_is_reused_and_a_damaged_one_rebuilt(tmp_path):
     weights = target / "model.safetensors"
     mtime = weights.stat().st_mtime_ns
     assert build_tiny_model(target) == target and weights.stat().st_mtime_ns == mtime
+    built = file_digests(target)
     weights.write_bytes(weights.read_bytes()[:-10])  # damage it
+    assert file_digests(target) != built
     build_tiny_model(target)
-    assert json.loads((target / STAMP_FILE).read_text())["files"] == file_digests(target)
+    assert file_digests(target) == built  # the same bytes again
+    assert json.loads((target / STAMP_FILE).read_text())["files"] == built
 
 
 def test_config_has_qwen2_shapes_and_the_stop_ids(tiny_model_dir):

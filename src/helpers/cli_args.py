@@ -3,15 +3,66 @@
 * :class:`OneLineParser`: argparse whose usage errors are one line on stderr and exit status 2.
 * :func:`number`, :func:`one_of`, :func:`comma_list`: ``type=`` callables that check a value and
   say in one sentence what is wrong and what to use instead.
+* :func:`sigterm_raises`: SIGTERM becomes a :class:`Terminated` exception, so ``finally`` and
+  ``with`` blocks stop what the command started, exactly as for Ctrl+C.
+
+Exit codes shared by every command line: 0 success, 1 failure, 2 invalid input,
+130 interrupted (Ctrl+C, :data:`EXIT_INTERRUPTED`), 143 terminated (SIGTERM, :data:`EXIT_TERMINATED`).
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Callable, NoReturn, TypeVar
+import contextlib
+import signal
+import sys
+from typing import Callable, Iterator, NoReturn, TypeVar
 
 T = TypeVar("T")
 N = TypeVar("N", int, float)
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_TERMINATED = 128 + signal.SIGTERM
+
+
+class Terminated(SystemExit):
+    """SIGTERM arrived (``kill PID``, a container stopping). A SystemExit with code 143: like
+    Ctrl+C's KeyboardInterrupt, ``except Exception`` does not swallow it, asyncio lets it through,
+    and uncaught it ends the program with exit code 143."""
+
+    def __init__(self) -> None:
+        super().__init__(EXIT_TERMINATED)
+
+
+@contextlib.contextmanager
+def sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises :class:`Terminated` (main thread only)."""
+
+    def raise_terminated(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def exit_with(main: Callable[[], int], prog: str) -> NoReturn:
+    """``sys.exit(main())``, where a Ctrl+C or SIGTERM that escapes ``main`` (a second one while
+    it was stopping what it started) still ends with one line and exit code 130 or 143."""
+    try:
+        with sigterm_raises():
+            code = main()
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted (Ctrl+C)\n")
+        code = EXIT_INTERRUPTED
+    except Terminated:
+        sys.stderr.write(f"{prog}: terminated (SIGTERM)\n")
+        code = EXIT_TERMINATED
+    sys.exit(code)
 
 
 class OneLineParser(argparse.ArgumentParser):

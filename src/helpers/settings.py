@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ModelFilesError, SettingsError
-from .hardware import detect_gpus, dtype_for_compute_capability, hub_reachable
+from .hardware import detect_gpus, dtype_for_compute_capability, hub_reachable, probe_gpus
+from .hubs import HUBS, hub_endpoint
 
 PROFILES = ("gpu", "cpu", "smol", "tiny")
 #: Profiles whose model the course builds itself instead of downloading it from a hub.
 LOCAL_PROFILES = ("smol", "tiny")
 DTYPES = ("auto", "bfloat16", "float16", "float32")
-HUBS = ("modelscope", "huggingface")
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,12 @@ class Settings:
         return env
 
     def llm_kwargs(self, **extra: Any) -> dict[str, Any]:
-        """Keyword arguments for ``vllm.LLM`` (``extra`` wins)."""
+        """The vLLM engine arguments for this profile (``extra`` wins): the one source of them.
+
+        ``LLM(**settings.llm_kwargs())`` takes them as they are; the server command line
+        (:func:`helpers.server.server_command`, also used by ``python -m helpers.smoke``)
+        writes the same dict as flags.
+        """
         kwargs: dict[str, Any] = {
             "model": str(self.model_dir),
             "served_model_name": self.served_model_name,
@@ -147,7 +152,7 @@ class Settings:
             from .smol_model import build_smol_model
 
             return build_smol_model(self.model_dir, self.wheel_dir)
-        from .download import verify_model_dir
+        from .model_files import verify_model_dir
 
         try:
             verify_model_dir(self.model_dir)
@@ -288,8 +293,6 @@ def _auto_profile(env: dict[str, str]) -> tuple[str, str]:
     gpus = detect_gpus()
     if gpus:
         return "gpu", f"auto: found {gpus[0].name}, {gpus[0].memory_total_gib:.1f} GiB"
-    from .download import hub_endpoint
-
     endpoint = hub_endpoint(env.get("COURSE_HUB") or "modelscope")
     if hub_reachable(endpoint):
         return "cpu", f"auto: no NVIDIA GPU, {endpoint} reachable"
@@ -322,7 +325,7 @@ def get_settings(profile: str | None = None, *, env: dict[str, str] | None = Non
     gpus = detect_gpus() if check_hardware or chosen == "gpu" else ()
     if chosen == "gpu" and check_hardware and not gpus:
         raise SettingsError(
-            "The 'gpu' profile needs an NVIDIA GPU, but nvidia-smi found none on this machine. "
+            f"The 'gpu' profile needs an NVIDIA GPU, but {probe_gpus().summary}. "
             "Unset COURSE_PROFILE to auto-detect, or use COURSE_PROFILE=cpu (CPU build of vLLM, "
             "downloads Qwen2.5-0.5B) or COURSE_PROFILE=smol (offline, a real 135M chat model)."
         )

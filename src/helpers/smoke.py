@@ -10,7 +10,7 @@ It prints the configuration and the exact server command, starts the server (pro
 prints ``N/4 passed`` and always stops the server, Ctrl+C included.
 
 Exit codes: 0 all four passed; 1 the server did not start or a test failed; 2 invalid
-arguments (one line on stderr); 130 interrupted (Ctrl+C).
+arguments (one line on stderr); 130 interrupted (Ctrl+C); 143 terminated (SIGTERM).
 
 ``--dtype auto`` decides from the hardware and the model's ``config.json``:
 
@@ -23,22 +23,20 @@ arguments (one line on stderr); 130 interrupted (Ctrl+C).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
-import shlex
-import signal
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cli_args import OneLineParser, number
-from .errors import CourseError
+from .cli_args import EXIT_INTERRUPTED, EXIT_TERMINATED, OneLineParser, Terminated, exit_with, number, sigterm_raises
+from .engine_log import LOG_DIR
+from .errors import CourseError, SettingsError
 from .hardware import detect_cpu, detect_gpus, dtype_for_compute_capability
-from .settings import DTYPES, Settings
+from .model_config import stored_dtype_of
+from .settings import DTYPES, Settings, get_settings, replace
 
 TESTS = ("list models", "completions", "chat completions", "streaming")
 MAX_TOKENS = 16
@@ -51,7 +49,7 @@ examples:
   python -m helpers.smoke models/tiny-qwen2 --port 0 --api-key secret
 
 exit codes: 0 all 4 tests passed, 1 start-up or a test failed, 2 invalid arguments,
-130 interrupted. The server is stopped in every case; its log file is printed above.
+130 interrupted (Ctrl+C), 143 terminated (SIGTERM). The server is stopped in every case; its log file is printed above.
 """
 
 
@@ -60,7 +58,7 @@ def build_parser() -> OneLineParser:
         prog="python -m helpers.smoke",
         description=textwrap.fill(
             "Start vLLM's OpenAI-compatible server for MODEL (python -m vllm.entrypoints.openai.api_server), "
-            "wait until GET /health answers, run four tests (list models, completions, chat completions, "
+            "wait until GET /v1/models lists the model, run four tests (list models, completions, chat completions, "
             "streaming), print N/4 passed and stop the server."),
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -98,17 +96,7 @@ def build_parser() -> OneLineParser:
 # -- the configuration ---------------------------------------------------------------------
 def model_dtype(model: str) -> str | None:
     """``torch_dtype`` (or ``dtype``) from a local model's config.json, if there is one."""
-    config = Path(model).expanduser() / "config.json"
-    try:
-        data = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(data, dict):
-        return None
-    value = data.get("torch_dtype") or data.get("dtype")
-    if value is None and isinstance(data.get("text_config"), dict):
-        value = data["text_config"].get("torch_dtype") or data["text_config"].get("dtype")
-    return str(value).replace("torch.", "") if value else None
+    return stored_dtype_of(Path(model).expanduser())
 
 
 def resolve_dtype(requested: str, stored: str | None, gpus: Sequence[Any], cpu_flags: Sequence[str]) -> tuple[str, str]:
@@ -157,6 +145,26 @@ def _count_gpus_note(args: argparse.Namespace, gpus: Sequence[Any], parser: OneL
         parser.error(f"--gpus {args.gpus} but only {len(gpus)} GPU(s) were found")
     names = ", ".join(sorted({gpu.name for gpu in gpus[: args.gpus]}))
     return f"{args.gpus} of {len(gpus)} ({names})"
+
+
+def smoke_settings(args: argparse.Namespace, *, model: str, served: str, dtype: str, gpus: Sequence[Any],
+                   kv_space: str, enforce_eager: bool, parser: OneLineParser) -> Settings:
+    """The course settings for MODEL: the ``gpu`` or ``cpu`` profile with this command's options
+    as ``COURSE_*`` overrides, so the server runs with the same engine arguments as ``LLM(...)``
+    (:meth:`~helpers.settings.Settings.llm_kwargs`) and every value is checked the same way."""
+    overrides = {
+        "COURSE_MODEL_ID": model, "COURSE_MODEL_DIR": model, "COURSE_SERVED_MODEL_NAME": served,
+        "COURSE_DTYPE": dtype, "COURSE_MAX_MODEL_LEN": str(args.max_len),
+        "COURSE_GPU_MEMORY_UTILIZATION": str(args.gpu_util), "COURSE_ENFORCE_EAGER": "1" if enforce_eager else "0",
+        "COURSE_TENSOR_PARALLEL_SIZE": str(args.gpus if gpus else 1),
+    }
+    if not gpus:
+        overrides["COURSE_CPU_KVCACHE_SPACE"] = kv_space.strip()
+    try:
+        settings = get_settings("gpu" if gpus else "cpu", env=overrides)
+    except SettingsError as exc:
+        parser.error(str(exc))
+    return replace(settings, reason="python -m helpers.smoke")
 
 
 # -- the four tests ------------------------------------------------------------------------
@@ -229,10 +237,6 @@ def run_tests(client, name: str, out=None) -> int:
 
 
 # -- main ----------------------------------------------------------------------------------
-def _on_sigterm(signum, frame):  # noqa: ARG001 - signal handler signature
-    raise SystemExit(128 + signum)  # unwinds through `finally`, which stops the server
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -249,17 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from .server import VLLMServer, format_command, free_port
 
-    settings = Settings(
-        profile="gpu" if gpus else "cpu", model_id=model, model_dir=Path(model), served_model_name=served,
-        dtype=dtype, max_model_len=args.max_len, gpu_memory_utilization=args.gpu_util,
-        tensor_parallel_size=args.gpus if gpus else 1, enforce_eager=enforce_eager,
-        cpu_kvcache_space_gib=int(kv_space) if not gpus else 0, hub="modelscope",
-        models_root=Path(model).parent, reason="python -m helpers.smoke",
-    )
+    settings = smoke_settings(args, model=model, served=served, dtype=dtype, gpus=gpus, kv_space=kv_space,
+                              enforce_eager=enforce_eager, parser=parser)
     port = args.port or free_port()
     stamp = time.strftime("%Y%m%d-%H%M%S")
     safe_name = re.sub(r"[^\w.-]+", "_", served)
-    log_path = Path(tempfile.gettempdir()) / "vllm-hands-on" / "logs" / f"smoke-{safe_name}-{port}-{stamp}.log"
+    log_path = LOG_DIR / f"smoke-{safe_name}-{port}-{stamp}.log"
     server = VLLMServer(settings, port=port, api_key=args.api_key, timeout=args.timeout, log_path=log_path)
     inherited = {k: v for k, v in os.environ.items() if k.startswith("VLLM_") and k not in server.env}
 
@@ -285,30 +284,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"  {label:<{width}}  {value}")
     print(flush=True)
 
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
+    with sigterm_raises():
         try:
-            server.start()
-        except CourseError as exc:
-            print(f"✗ the server did not start: {exc}", flush=True)
-            print("0/4 passed")
-            return 1
-        from .clients import openai_client
+            try:
+                server.start()
+            except (CourseError, OSError) as exc:  # OSError: e.g. the log folder is not writable
+                print(f"✗ the server did not start: {exc}", flush=True)
+                print("0/4 passed")
+                return 1
+            from .clients import openai_client
 
-        client = openai_client(server, timeout=max(60.0, args.timeout))
-        print(f"running {len(TESTS)} tests against {server.url_for('v1')}", flush=True)
-        passed = run_tests(client, served)
-        print(f"{passed}/{len(TESTS)} passed")
-        return 0 if passed == len(TESTS) else 1
-    except KeyboardInterrupt:
-        print("\ninterrupted (Ctrl+C): stopping the server", flush=True)
-        return 130
-    finally:
-        if server.is_running():
-            print(f"stopping the server (pid {server.pid})", flush=True)
-        server.stop()
-        signal.signal(signal.SIGTERM, previous)
-
+            client = openai_client(server, timeout=max(60.0, args.timeout))
+            print(f"running {len(TESTS)} tests against {server.url_for('v1')}", flush=True)
+            passed = run_tests(client, served)
+            print(f"{passed}/{len(TESTS)} passed")
+            return 0 if passed == len(TESTS) else 1
+        except KeyboardInterrupt:
+            print("\ninterrupted (Ctrl+C): stopping the server", flush=True)
+            return EXIT_INTERRUPTED
+        except Terminated:
+            print("\nterminated (SIGTERM): stopping the server", flush=True)
+            return EXIT_TERMINATED
+        finally:
+            server.stop()  # says "stopping the vLLM server on port ..." when it is running
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main, "python -m helpers.smoke")

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-
-from .cli import main
+from ..cli_args import exit_with
+from .cli import PROG, main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_with(main, PROG)

@@ -10,8 +10,10 @@
         [--out ...] [--images DIR | --no-plots]          # no --base-url: starts a server itself
     python -m helpers.bench show results/offline-....json   # table, conclusions and plots again
 
-Each prints the same tables, writes the JSON records and the plots. Invalid arguments print
-one line and exit with status 2; a benchmark that cannot run exits with status 1.
+Each prints the same tables, writes the JSON records and the plots. Whatever goes wrong is one
+line on stderr, never a traceback, with the exit status of :data:`EXIT_STATUS` (also in
+``--help``). Ctrl+C and SIGTERM unwind like an exception, so the server (``with VLLMServer``) and
+the benchmark worker (:mod:`helpers.process`) are stopped before the command exits.
 """
 
 from __future__ import annotations
@@ -21,10 +23,17 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..cli_args import OneLineParser, comma_list, number, one_of
+from ..cli_args import EXIT_INTERRUPTED, EXIT_TERMINATED, OneLineParser, Terminated, comma_list, number, one_of, sigterm_raises
 from ..settings import PROFILES
 
 PROG = "python -m helpers.bench"
+
+EXIT_STATUS = """exit status:
+  0    done
+  1    the benchmark failed (a worker, the server or the requests); the error says which and why
+  2    bad arguments, requests that cannot fit, or a damaged, foreign or mixed results file
+  130  interrupted (Ctrl+C): what it started is stopped; offline runs finished so far are kept
+  143  terminated (SIGTERM): the same"""
 
 _count = number(int, minimum=1, what="count")
 _tokens = number(int, minimum=1, what="number of tokens")
@@ -38,7 +47,8 @@ def _batch_size(text: str) -> int | str:
 
 
 def build_parser() -> OneLineParser:
-    parser = OneLineParser(prog=PROG, description="Honest vLLM vs transformers benchmarks (notebook 04).")
+    layout = dict(epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog=PROG, description="Honest vLLM vs transformers benchmarks (notebook 04).", **layout)
     sub = parser.add_subparsers(dest="command", required=True)  # sub-parsers are OneLineParsers too
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -56,7 +66,8 @@ def build_parser() -> OneLineParser:
         p.add_argument("--images", type=Path, help="folder for the plots (default images/)")
         p.add_argument("--no-plots", action="store_true", help="do not draw plots")
 
-    off = sub.add_parser("offline", help="offline throughput: vLLM LLM.generate vs transformers generate")
+    off = sub.add_parser("offline", help="offline throughput: vLLM LLM.generate vs transformers generate",
+                         **layout)
     common(off)
     off.add_argument("--num-prompts", type=comma_list(_count, example="25,100,200"), default=[25, 100],
                      help="comma-separated, e.g. 25,100,200")
@@ -70,7 +81,7 @@ def build_parser() -> OneLineParser:
     off.add_argument("--repeats", type=_count, default=1,
                      help="time each run N times on fresh prompts of the same lengths; report the median")
 
-    srv = sub.add_parser("serve", help="latency under load against an OpenAI-compatible server")
+    srv = sub.add_parser("serve", help="latency under load against an OpenAI-compatible server", **layout)
     common(srv)
     srv.add_argument("--base-url", help="e.g. http://127.0.0.1:8000 (default: start a server for the profile)")
     srv.add_argument("--model", help="served model name (default: the one the server serves)")
@@ -80,7 +91,8 @@ def build_parser() -> OneLineParser:
     srv.add_argument("--request-timeout", type=_seconds, default=600.0, help="seconds per request")
     srv.add_argument("--tokenizer", type=Path, help="model folder whose vocabulary the prompts use (default: the profile's)")
 
-    show = sub.add_parser("show", help="print tables and conclusions of saved records, redraw the plots")
+    show = sub.add_parser("show", help="print tables and conclusions of saved records, redraw the plots",
+                          **layout)
     show.add_argument("path", type=Path, help="a results JSON file (or a folder of them)")
     show.add_argument("--images", type=Path, help="folder for the plots (default images/)")
     show.add_argument("--no-plots", action="store_true")
@@ -94,7 +106,8 @@ def _lengths(args) -> tuple[int | None, int | None]:
 
 
 def _report(records, images: Path | None, no_plots: bool, suffix: str = "") -> None:
-    from .report import conclusions, plot_latency_throughput, plot_speedup, plot_throughput, speedup_table, table
+    from .plots import plot_latency_throughput, plot_speedup, plot_throughput
+    from .report import conclusions, speedup_table, table
 
     if not records:
         print("(no records)")
@@ -110,7 +123,7 @@ def _report(records, images: Path | None, no_plots: bool, suffix: str = "") -> N
         print("* " + sentence)
     if no_plots:
         return
-    from .offline import default_images_dir
+    from .records import default_images_dir
 
     folder = images or (default_images_dir() if suffix else None)   # one file of many: names of its own
     plots = []
@@ -128,42 +141,57 @@ def _report(records, images: Path | None, no_plots: bool, suffix: str = "") -> N
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["_worker"]:  # internal: one engine run in a fresh process (see offline.run_worker)
-        from .offline import worker_main
+    if argv[:1] == ["_worker"]:  # internal: one engine run in a fresh process (see worker.run_worker)
+        from .worker import worker_main
 
         worker_main(argv[1], argv[2])
         return 0
     args = build_parser().parse_args(argv)
 
-    from ..errors import CourseError, SettingsError
-    from .offline import BenchConfigError
+    from ..errors import BenchConfigError, CourseError, SettingsError
+
+    def fail(message: object, code: int) -> int:
+        sys.stderr.write(f"{PROG} {args.command}: {' '.join(str(message).split())}\n")
+        return code
 
     try:
-        return _dispatch(args)
+        with sigterm_raises():
+            return _dispatch(args)
     except (BenchConfigError, SettingsError) as exc:
-        sys.stderr.write(f"{PROG} {args.command}: error: {' '.join(str(exc).split())}\n")
-        return 2
-    except CourseError as exc:
-        sys.stderr.write(f"{PROG} {args.command}: error: {exc}\n")
-        return 1
+        return fail(f"error: {exc}", 2)
+    except (CourseError, OSError) as exc:  # OSError: a file or folder could not be written
+        return fail(f"error: {exc}", 1)
+    except KeyboardInterrupt:
+        return fail("interrupted (Ctrl+C); what it started is stopped", EXIT_INTERRUPTED)
+    except Terminated:
+        return fail("terminated (SIGTERM); what it started is stopped", EXIT_TERMINATED)
+
+
+def _show(args) -> int:
+    """Every file is checked before anything is printed; a folder is reported file by file."""
+    from ..errors import BenchConfigError
+    from .records import load_records, results_files
+
+    runs = [(file, load_records(file)) for file in results_files(args.path)]
+    for file, records in runs:
+        if len(runs) > 1:
+            print(f"\n== {file.name}: {len(records)} {records[0]['kind'] if records else ''} records ==")
+        try:
+            _report(records, args.images, args.no_plots, suffix=f"-{file.stem}" if len(runs) > 1 else "")
+        except (KeyError, TypeError, ValueError) as exc:  # a field of the wrong type: the file is damaged
+            raise BenchConfigError(f"{file}: its records cannot be reported ({type(exc).__name__}: {exc}); "
+                                   "the file is damaged: re-run the benchmark.") from None
+    return 0
 
 
 def _dispatch(args) -> int:
     from ..settings import get_settings
-    from .offline import BenchConfigError, OfflineConfig, load_records, run_offline
+    from .config import OfflineConfig
+    from .offline import run_offline
     from .serving import ServeConfig, run_serving
 
     if args.command == "show":
-        # One file is one sweep (one kind, one model): a folder is reported file by file.
-        files = sorted(args.path.glob("*.json")) if args.path.is_dir() else [args.path]
-        runs = [(file, load_records(file)) for file in files]   # every file checked before printing
-        if not runs:
-            raise BenchConfigError(f"No benchmark results in {args.path}: run `python -m helpers.bench offline` first.")
-        for file, records in runs:
-            if len(runs) > 1:
-                print(f"\n== {file.name}: {len(records)} {records[0]['kind'] if records else ''} records ==")
-            _report(records, args.images, args.no_plots, suffix=f"-{file.stem}" if len(runs) > 1 else "")
-        return 0
+        return _show(args)
     input_len, output_len = _lengths(args)
     if args.command == "offline":
         config = OfflineConfig(mode=args.mode, num_prompts=tuple(args.num_prompts), input_len=input_len,

@@ -158,17 +158,14 @@ def regular_token_ids(tokenizer, vocab_size: int | None = None) -> list[int]:
 
 def regular_token_ids_for(model_dir: str | Path) -> list[int]:
     """:func:`regular_token_ids` of the tokenizer in ``model_dir`` (vocab size from config.json)."""
-    import json
-
     from transformers import AutoTokenizer
 
-    path = Path(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    vocab_size = None
-    config = path / "config.json"
-    if config.is_file():
-        vocab_size = json.loads(config.read_text()).get("vocab_size")
-    return regular_token_ids(tokenizer, vocab_size)
+    from ..model_config import config_value, read_config
+
+    # a tokenizer-only folder (serve --tokenizer DIR) has no config.json: no vocab-size clip
+    has_config = (Path(model_dir) / "config.json").is_file()
+    vocab_size = config_value(read_config(model_dir), "vocab_size") if has_config else None
+    return regular_token_ids(AutoTokenizer.from_pretrained(Path(model_dir)), vocab_size)
 
 
 def make_requests(vocab_ids: Sequence[int], mode: str, n: int, *, input_len: int | None = None,

@@ -1,11 +1,9 @@
-"""Tables, conclusions and plots computed from benchmark records, never from typed-in numbers.
+"""Tables and conclusions computed from benchmark records, never from typed-in numbers.
 
 * :func:`table` - one row per record (offline runs or serving levels);
 * :func:`speedup_table` - per prompt count: vLLM, the best transformers batch size, speed-up;
 * :func:`conclusions` - the numbers a notebook quotes, plus sentences built from them;
-* :func:`plot_throughput`, :func:`plot_speedup`, :func:`plot_latency_throughput` - figures
-  saved under ``images/`` by default; each returns a :class:`Plot` with the figure and the
-  exact data it drew.
+* the plots drawn from the same records are in :mod:`.plots`.
 
 Pass the records of one run (or of runs with the same settings): when a key (engine, batch
 size, prompt count / concurrency) appears twice, the later record wins in plots and conclusions.
@@ -13,24 +11,23 @@ size, prompt count / concurrency) appears twice, the later record wins in plots 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
-from .offline import HF_ALL, default_images_dir
+from .config import HF_ALL
+from .records import Record
 
-Record = dict[str, Any]
 
-
-# -- helpers ------------------------------------------------------------------------------------------
-def _kind(records: Sequence[Record]) -> str:
+# -- shared with the plots ---------------------------------------------------------------------------
+def record_kind(records: Sequence[Record]) -> str:
+    """The one kind of ``records`` (``offline`` or ``serving``); raises if they mix kinds."""
     kinds = {r.get("kind") for r in records}
     if len(kinds) != 1 or None in kinds:
         raise ValueError(f"records mix kinds {sorted(map(str, kinds))}: pass offline or serving records")
     return kinds.pop()
 
 
-def _ok(record: Record) -> bool:
+def succeeded(record: Record) -> bool:
+    """True for a run that measured a throughput (no error)."""
     return not record.get("error") and record.get("output_tokens_per_s") is not None
 
 
@@ -41,11 +38,13 @@ def series_label(record: Record) -> str:
     return f"transformers batch {record.get('batch_label') or record.get('batch_size')}"
 
 
-def _batch_order(label: str) -> tuple[int, int]:
+def batch_order(label: str) -> tuple[int, int]:
+    """Sort key of a batch label: numbers ascending, then ``all``, then anything else."""
     return (1, 0) if label == HF_ALL else (0, int(label)) if str(label).isdigit() else (2, 0)
 
 
-def _latest(records: Sequence[Record], key) -> dict[Any, Record]:
+def latest_by(records: Sequence[Record], key) -> dict[Any, Record]:
+    """One record per ``key(record)``: the later one wins."""
     out: dict[Any, Record] = {}
     for record in records:
         out[key(record)] = record
@@ -76,15 +75,15 @@ def table(records: Sequence[Record]) -> str:
     """A readable text table of offline runs or serving levels."""
     if not records:
         return "(no records)"
-    if _kind(records) == "serving":
+    if record_kind(records) == "serving":
         return _serving_table(records)
     ordered = sorted(records, key=lambda r: (r["num_prompts"], r["engine"] != "vllm",
-                                             _batch_order(str(r.get("batch_label")))))
+                                             batch_order(str(r.get("batch_label")))))
     header = ["prompts", "in", "out", "engine", "batch", "seconds", "req/s", "total tok/s", "output tok/s",
               "wasted tok", "peak mem", "note"]
     rows = []
     for r in ordered:
-        ok = _ok(r)
+        ok = succeeded(r)
         rows.append([
             _fmt(r["num_prompts"]), _fmt(r["input_len"]), _fmt(r["output_len"]),
             "vLLM" if r["engine"] == "vllm" else "transformers", str(r.get("batch_label")),
@@ -153,16 +152,16 @@ def speedup_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
     """Per prompt count: vLLM and best transformers output tokens/s, the best batch, the speed-up."""
     if not records:
         return []
-    if _kind(records) != "offline":
+    if record_kind(records) != "offline":
         raise ValueError("speed-ups need offline records")
-    latest = _latest(records, lambda r: (r["num_prompts"], r["engine"], str(r.get("batch_label"))))
+    latest = latest_by(records, lambda r: (r["num_prompts"], r["engine"], str(r.get("batch_label"))))
     rows = []
     for n in sorted({key[0] for key in latest}):
         vllm = next((r for k, r in latest.items() if k[0] == n and k[1] == "vllm"), None)
         hf = [r for k, r in latest.items() if k[0] == n and k[1] == "hf"]
-        hf_ok = [r for r in hf if _ok(r)]
+        hf_ok = [r for r in hf if succeeded(r)]
         best = max(hf_ok, key=lambda r: r["output_tokens_per_s"]) if hf_ok else None
-        vllm_tps = vllm["output_tokens_per_s"] if vllm is not None and _ok(vllm) else None
+        vllm_tps = vllm["output_tokens_per_s"] if vllm is not None and succeeded(vllm) else None
         best_tps = best["output_tokens_per_s"] if best is not None else None
         rows.append({
             "num_prompts": n,
@@ -170,7 +169,7 @@ def speedup_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
             "best_hf_batch": best.get("batch_label") if best is not None else None,
             "best_hf_output_tokens_per_s": best_tps,
             "speedup": vllm_tps / best_tps if vllm_tps and best_tps else None,
-            "hf_failed": [r.get("batch_label") for r in hf if not _ok(r)],
+            "hf_failed": [r.get("batch_label") for r in hf if not succeeded(r)],
             "hf_by_batch": {str(r.get("batch_label")): r["output_tokens_per_s"] for r in hf_ok},
         })
     return rows
@@ -191,14 +190,14 @@ def conclusions(records: Sequence[Record]) -> dict[str, Any]:
     """The numbers worth quoting, computed from the records, and sentences that quote them."""
     if not records:
         raise ValueError("no records")
-    return _serving_conclusions(records) if _kind(records) == "serving" else _offline_conclusions(records)
+    return _serving_conclusions(records) if record_kind(records) == "serving" else _offline_conclusions(records)
 
 
 def _offline_conclusions(records: Sequence[Record]) -> dict[str, Any]:
     rows = speedup_rows(records)
     measured = [r for r in rows if r["vllm_output_tokens_per_s"] is not None]
     largest = (measured or rows)[-1]
-    failed = [f"{series_label(r)} at {r['num_prompts']} prompts" for r in records if not _ok(r)]
+    failed = [f"{series_label(r)} at {r['num_prompts']} prompts" for r in records if not succeeded(r)]
     result: dict[str, Any] = {
         "num_prompts": largest["num_prompts"],
         "vllm_output_tokens_per_s": largest["vllm_output_tokens_per_s"],
@@ -236,7 +235,7 @@ def _offline_conclusions(records: Sequence[Record]) -> dict[str, Any]:
             text.append(f"transformers' batch size matters: at {hf_rows[-1]['num_prompts']} prompts batch "
                         f"{slowest} reached {by_batch[slowest]:,.0f} tokens/s, batch "
                         f"{hf_rows[-1]['best_hf_batch']} {by_batch[hf_rows[-1]['best_hf_batch']]:,.0f}.")
-    wasteful = [r for r in records if _ok(r) and r["engine"] == "hf" and r.get("wasted_tokens")
+    wasteful = [r for r in records if succeeded(r) and r["engine"] == "hf" and r.get("wasted_tokens")
                 and r["num_prompts"] == largest["num_prompts"]]
     if wasteful:
         worst = max(wasteful, key=lambda r: r["wasted_tokens"] / (r["wasted_tokens"] + r["output_tokens"]))
@@ -258,7 +257,7 @@ def _offline_conclusions(records: Sequence[Record]) -> dict[str, Any]:
 
 
 def _serving_conclusions(records: Sequence[Record]) -> dict[str, Any]:
-    levels = sorted(_latest(records, lambda r: r["concurrency"]).values(), key=lambda r: r["concurrency"])
+    levels = sorted(latest_by(records, lambda r: r["concurrency"]).values(), key=lambda r: r["concurrency"])
     measured = [r for r in levels if r["completed"]]
     if not measured:
         return {"failed_requests": sum(r["failed"] for r in levels), "text": ["Every request failed."]}
@@ -292,145 +291,3 @@ def _serving_conclusions(records: Sequence[Record]) -> dict[str, Any]:
     text.append(f"{result['failed_requests']} of {result['total_requests']} requests failed.")
     result["text"] = text
     return result
-
-
-# -- plots ----------------------------------------------------------------------------------------------
-@dataclass
-class Plot:
-    """A figure, the data it drew (lists equal to the records' values) and where it was saved."""
-
-    figure: Any
-    data: dict[str, Any]
-    path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _figure(width: float = 7.5, height: float = 4.5):
-    """A figure without pyplot: no global state, no GUI backend, safe in scripts and tests.
-
-    In Jupyter, show it by ending a cell with ``plot.figure``.
-    """
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), layout="constrained")
-    return fig, fig.add_subplot()
-
-
-def _save(fig, path: str | Path | None, default_name: str, save: bool) -> Path | None:
-    if not save:
-        return None
-    target = Path(path) if path is not None else default_images_dir() / default_name
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(target, dpi=120)
-    return target
-
-
-def _subtitle(records: Sequence[Record]) -> str:
-    r = records[-1]
-    if r.get("mode") == "mixed":
-        lengths = f"mixed lengths, mean {r['input_len']} in / {r['output_len']} out at {r['num_prompts']} prompts"
-    else:
-        lengths = f"{r['input_len']} in / {r['output_len']} out tokens"
-    return f"profile {r.get('profile')}, {r.get('dtype', '')} on {r.get('device', '')}, {lengths}"
-
-
-def plot_throughput(records: Sequence[Record], *, path: str | Path | None = None, save: bool = True,
-                    log_y: bool | None = None) -> Plot:
-    """Output tokens/s vs number of prompts: vLLM and each transformers batch size as a series.
-
-    ``log_y=None`` picks a log axis when the values span 20x or more.
-    """
-    latest = _latest([r for r in records if _ok(r)],
-                     lambda r: (r["num_prompts"], r["engine"], str(r.get("batch_label"))))
-    series: dict[str, dict[str, list]] = {}
-    for record in sorted(latest.values(), key=lambda r: r["num_prompts"]):
-        entry = series.setdefault(series_label(record), {"num_prompts": [], "output_tokens_per_s": []})
-        entry["num_prompts"].append(record["num_prompts"])
-        entry["output_tokens_per_s"].append(record["output_tokens_per_s"])
-    order = sorted(series, key=lambda s: (s != "vLLM", _batch_order(s.rsplit(" ", 1)[-1])))
-    fig, ax = _figure()
-    hf_colors = iter(["tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown", "tab:pink", "tab:olive",
-                      "tab:cyan", "tab:gray"] * 4)
-    for label in order:
-        style = dict(linewidth=2.5, color="tab:red") if label == "vLLM" else dict(linestyle="--", color=next(hf_colors))
-        ax.plot(series[label]["num_prompts"], series[label]["output_tokens_per_s"], marker="o", label=label, **style)
-    values = [v for entry in series.values() for v in entry["output_tokens_per_s"] if v > 0]
-    if log_y is None:  # spans of 20x and more are unreadable on a linear axis
-        log_y = bool(values) and max(values) / min(values) >= 20
-    if log_y:
-        from matplotlib.ticker import FuncFormatter
-
-        ax.set_yscale("log")
-        plain = FuncFormatter(lambda value, _: f"{value:,.0f}")
-        ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"
-                                                   if str(int(value))[0] in "25" else ""))
-    ax.set_xlabel("number of prompts")
-    ax.set_ylabel("output tokens / s" + (" (log scale)" if log_y else ""))
-    if series:
-        ax.set_xticks(sorted({n for entry in series.values() for n in entry["num_prompts"]}))
-    ax.set_title("Offline throughput: vLLM vs transformers\n" + (_subtitle(records) if records else ""), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    data = {"series": {label: series[label] for label in order},
-            "failed": [f"{series_label(r)} at {r['num_prompts']}" for r in records if not _ok(r)],
-            "log_y": log_y}
-    return Plot(fig, data, _save(fig, path, "bench_offline_throughput.png", save))
-
-
-def plot_speedup(records: Sequence[Record], *, path: str | Path | None = None, save: bool = True) -> Plot:
-    """Bars: vLLM output tokens/s divided by the best transformers batch size's, per prompt count."""
-    rows = [r for r in speedup_rows(records) if r["speedup"] is not None]
-    data = {"num_prompts": [r["num_prompts"] for r in rows], "speedup": [r["speedup"] for r in rows],
-            "best_hf_batch": [r["best_hf_batch"] for r in rows]}
-    fig, ax = _figure(6.5, 4.0)
-    labels = [str(n) for n in data["num_prompts"]]
-    bars = ax.bar(labels, data["speedup"], color=["tab:red" if v >= 1 else "tab:gray" for v in data["speedup"]])
-    for bar, value, batch in zip(bars, data["speedup"], data["best_hf_batch"]):
-        ax.annotate(f"{value:.2f}x\n(vs batch {batch})", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom", fontsize=8)
-    ax.axhline(1.0, color="grey", linewidth=1)
-    ax.set_xlabel("number of prompts")
-    ax.set_ylabel("speed-up (vLLM / best transformers)")
-    ax.set_ylim(0, max(data["speedup"] + [1.0]) * 1.25)
-    ax.set_title("vLLM speed-up over the best transformers batch size\n" + (_subtitle(records) if records else ""),
-                 fontsize=10)
-    return Plot(fig, data, _save(fig, path, "bench_speedup.png", save))
-
-
-def plot_latency_throughput(records: Sequence[Record], *, metric: str = "e2e", path: str | Path | None = None,
-                            save: bool = True) -> Plot:
-    """p50 and p99 of ``metric`` (``e2e``, ``tpot``, ``ttft`` or ``itl``, ms) vs output tokens/s,
-    one point per concurrency level (labelled)."""
-    if metric not in ("e2e", "tpot", "ttft", "itl"):
-        raise ValueError(f"metric {metric!r} is not one of e2e, tpot, ttft, itl")
-    levels = sorted(_latest([r for r in records if r.get("completed")], lambda r: r["concurrency"]).values(),
-                    key=lambda r: r["concurrency"])
-    data = {
-        "metric": metric,
-        "concurrency": [r["concurrency"] for r in levels],
-        "output_tokens_per_s": [r["output_tokens_per_s"] for r in levels],
-        "p50": [r[f"{metric}_ms_p50"] for r in levels],
-        "p99": [r[f"{metric}_ms_p99"] for r in levels],
-        "failed": [r["failed"] for r in levels],
-    }
-    fig, ax = _figure()
-    for key, style in (("p50", dict(marker="o", color="tab:blue")), ("p99", dict(marker="s", color="tab:orange",
-                                                                                    linestyle="--"))):
-        xs = [x for x, y in zip(data["output_tokens_per_s"], data[key]) if y is not None]
-        ys = [y for y in data[key] if y is not None]
-        ax.plot(xs, ys, label=f"{metric.upper()} {key}", **style)
-    for x, y, c in zip(data["output_tokens_per_s"], data["p99"], data["concurrency"]):
-        if y is not None:
-            ax.annotate(f"c={c}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    ax.set_xlabel("output tokens / s")
-    ax.set_ylabel(f"{metric.upper()} latency (ms)")
-    where = ""
-    if levels:
-        last = levels[-1]
-        where = (f"{last.get('model')}, profile {last.get('profile')}, {last.get('mode')} lengths "
-                 f"{last.get('input_len')} in / {last.get('output_len')} out; ")
-    ax.set_title(f"Latency vs throughput under load\n{where}points: concurrency c", fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return Plot(fig, data, _save(fig, path, f"bench_latency_{metric}.png", save))

@@ -17,7 +17,11 @@ A request that fails (HTTP error, error event in the stream, timeout, dropped co
 tokens) is **counted** in ``failed`` with its message in ``errors``; latency percentiles are
 computed over the successful ones and always shown next to the failure count. Nothing is
 dropped silently. Requests that finished with fewer tokens than asked are counted in
-``short_requests``.
+``short_requests``. Per-request results are :class:`RequestResult` objects, kept in each level's
+record (``requests``) as plain JSON.
+
+Ctrl+C, or "Interrupt kernel" in Jupyter (see :mod:`.loop`), cancels the sweep at once: its
+connections are closed and no results file is written.
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..errors import BenchConfigError, BenchError
 from ..settings import Settings, get_settings
-from .offline import BenchConfigError, BenchError, default_results_dir, save_records, timestamp
+from .loop import run_sync
 from .prompts import MODES, Request, describe_lengths, make_requests, regular_token_ids_for
+from .records import default_results_dir, save_records, timestamp
 from .stats import summarize, time_per_output_token
 
 DEFAULT_CONCURRENCY = (1, 2, 4, 8, 16, 32)
@@ -114,9 +120,32 @@ def check_server(base_url: str, model: str | None = None, *, timeout: float = CH
 
 
 # -- one request ----------------------------------------------------------------------------------
-async def _send(session, url: str, model: str, request: Request, temperature: float,
-                origin: float) -> dict[str, Any]:
-    payload = {
+@dataclass
+class RequestResult:
+    """One streamed request: what it asked for, what came back and when (seconds).
+
+    ``output_tokens`` is the server's own count (``usage``) when it sends one, else
+    ``streamed_tokens``, the tokens counted in the stream's chunks.
+    """
+
+    input_tokens: int
+    requested_output_tokens: int
+    start_s: float
+    ok: bool = False
+    error: str | None = None
+    output_tokens: int = 0
+    streamed_tokens: int = 0
+    ttft_s: float | None = None
+    e2e_s: float | None = None
+    itl_s: list[float] = field(default_factory=list)
+
+    @property
+    def tpot_s(self) -> float | None:
+        return time_per_output_token(self.e2e_s, self.ttft_s, self.output_tokens) if self.ok else None
+
+
+def _payload(model: str, request: Request, temperature: float) -> dict[str, Any]:
+    return {
         "model": model,
         "prompt": list(request.prompt_token_ids),
         "max_tokens": request.output_len,
@@ -127,16 +156,27 @@ async def _send(session, url: str, model: str, request: Request, temperature: fl
         "stream_options": {"include_usage": True},
         "return_token_ids": True,
     }
-    result: dict[str, Any] = {
-        "ok": False, "error": None, "input_tokens": request.input_len,
-        "requested_output_tokens": request.output_len, "output_tokens": 0, "ttft_s": None,
-        "e2e_s": None, "itl_s": [], "start_s": None,
-    }
+
+
+def _chunk_tokens(chunk: dict[str, Any]) -> int:
+    """Tokens one stream chunk carries: its token ids, else one per chunk with text."""
+    tokens = 0
+    for choice in chunk.get("choices") or []:
+        if choice.get("token_ids") is not None:
+            tokens += len(choice["token_ids"])
+        elif choice.get("text"):
+            tokens += 1  # servers without return_token_ids: one token per chunk
+    return tokens
+
+
+async def _send(session, url: str, model: str, request: Request, temperature: float,
+                origin: float) -> RequestResult:
     start = time.perf_counter()
-    result["start_s"] = start - origin
-    counted, usage_tokens, last, done = 0, None, None, False
+    result = RequestResult(input_tokens=request.input_len, requested_output_tokens=request.output_len,
+                           start_s=start - origin)
+    usage_tokens, last, done = None, None, False
     try:
-        async with session.post(url, json=payload) as response:
+        async with session.post(url, json=_payload(model, request, temperature)) as response:
             if response.status != 200:
                 body = (await response.text())[:300].replace("\n", " ")
                 raise BenchError(f"HTTP {response.status}: {body}")
@@ -152,39 +192,34 @@ async def _send(session, url: str, model: str, request: Request, temperature: fl
                 if chunk.get("error"):
                     raise BenchError(f"error event: {str(chunk['error'])[:300]}")
                 now = time.perf_counter()
-                tokens = 0
-                for choice in chunk.get("choices") or []:
-                    if choice.get("token_ids") is not None:
-                        tokens += len(choice["token_ids"])
-                    elif choice.get("text"):
-                        tokens += 1  # servers without return_token_ids: one token per chunk
                 if chunk.get("usage"):
                     usage_tokens = chunk["usage"].get("completion_tokens")
+                tokens = _chunk_tokens(chunk)
                 if tokens:
                     if last is None:
-                        result["ttft_s"] = now - start
+                        result.ttft_s = now - start
                     else:
-                        result["itl_s"].append(now - last)
+                        result.itl_s.append(now - last)
                     last = now
-                    counted += tokens
+                    result.streamed_tokens += tokens
         end = time.perf_counter()
         if not done:
             raise BenchError("the stream ended without [DONE]")
-        if not counted:
+        if not result.streamed_tokens:
             raise BenchError("the stream carried no tokens")
-        result.update(ok=True, e2e_s=end - start,
-                      output_tokens=int(usage_tokens) if usage_tokens is not None else counted,
-                      streamed_tokens=counted)
+        result.ok, result.e2e_s = True, end - start
+        result.output_tokens = int(usage_tokens) if usage_tokens is not None else result.streamed_tokens
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - every failure is recorded, none is dropped
         message = str(exc) or type(exc).__name__
-        result.update(ok=False, error=f"{type(exc).__name__}: {message}"[:400], e2e_s=time.perf_counter() - start)
+        result.ok, result.error = False, f"{type(exc).__name__}: {message}"[:400]
+        result.e2e_s = time.perf_counter() - start
     return result
 
 
 async def _run_level(url: str, model: str, requests: Sequence[Request], concurrency: int,
-                     config: ServeConfig) -> tuple[list[dict[str, Any]], float]:
+                     config: ServeConfig) -> tuple[list[RequestResult], float]:
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
@@ -194,7 +229,7 @@ async def _run_level(url: str, model: str, requests: Sequence[Request], concurre
                                      read_bufsize=2**20) as session:
         origin = time.perf_counter()
 
-        async def limited(request: Request) -> dict[str, Any]:
+        async def limited(request: Request) -> RequestResult:
             async with semaphore:
                 return await _send(session, url, model, request, config.temperature, origin)
 
@@ -203,49 +238,39 @@ async def _run_level(url: str, model: str, requests: Sequence[Request], concurre
     return list(results), duration
 
 
-def level_record(results: Sequence[dict[str, Any]], duration_s: float, concurrency: int) -> dict[str, Any]:
+def level_record(results: Sequence[RequestResult], duration_s: float, concurrency: int) -> dict[str, Any]:
     """Statistics of one level: counts, throughput and latency percentiles (ms) over successes."""
-    ok = [r for r in results if r["ok"]]
-    failed = [r for r in results if not r["ok"]]
-    errors = Counter(r["error"] for r in failed)
-    tpots = [t for r in ok if (t := time_per_output_token(r["e2e_s"], r["ttft_s"], r["output_tokens"])) is not None]
-    output_tokens = sum(r["output_tokens"] for r in ok)
-    input_tokens = sum(r["input_tokens"] for r in ok)
+    ok = [r for r in results if r.ok]
+    errors = Counter(r.error for r in results if not r.ok)
+    output_tokens = sum(r.output_tokens for r in ok)
+    input_tokens = sum(r.input_tokens for r in ok)
+
+    def per_second(count: int) -> float | None:
+        return count / duration_s if duration_s > 0 else None
+
     record: dict[str, Any] = {
         "concurrency": concurrency,
         "num_requests": len(results),
         "completed": len(ok),
-        "failed": len(failed),
+        "failed": len(results) - len(ok),
         "errors": dict(errors.most_common(MAX_ERRORS_KEPT)),
-        "short_requests": sum(1 for r in ok if r["output_tokens"] < r["requested_output_tokens"]),
+        "short_requests": sum(1 for r in ok if r.output_tokens < r.requested_output_tokens),
         "duration_s": duration_s,
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
-        "requested_output_tokens": sum(r["requested_output_tokens"] for r in results),
-        "requests_per_s": len(ok) / duration_s if duration_s > 0 else None,
-        "output_tokens_per_s": output_tokens / duration_s if duration_s > 0 else None,
-        "total_tokens_per_s": (input_tokens + output_tokens) / duration_s if duration_s > 0 else None,
+        "requested_output_tokens": sum(r.requested_output_tokens for r in results),
+        "requests_per_s": per_second(len(ok)),
+        "output_tokens_per_s": per_second(output_tokens),
+        "total_tokens_per_s": per_second(input_tokens + output_tokens),
     }
-    record.update(summarize([r["ttft_s"] for r in ok], "ttft_ms", scale=1000))
-    record.update(summarize(tpots, "tpot_ms", scale=1000))
-    record.update(summarize([gap for r in ok for gap in r["itl_s"]], "itl_ms", scale=1000))
-    record.update(summarize([r["e2e_s"] for r in ok], "e2e_ms", scale=1000))
+    record.update(summarize([r.ttft_s for r in ok], "ttft_ms", scale=1000))
+    record.update(summarize([t for r in ok if (t := r.tpot_s) is not None], "tpot_ms", scale=1000))
+    record.update(summarize([gap for r in ok for gap in r.itl_s], "itl_ms", scale=1000))
+    record.update(summarize([r.e2e_s for r in ok], "e2e_ms", scale=1000))
     return record
 
 
 # -- the sweep ------------------------------------------------------------------------------------
-def _run_sync(coro):
-    """``asyncio.run`` that also works inside Jupyter (whose event loop is already running)."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return asyncio.run(coro)
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, coro).result()
-
-
 async def run_serving_async(base_url: str, model: str, config: ServeConfig, vocab_ids: Sequence[int], *,
                             progress: bool = True, profile: str | None = None) -> list[dict[str, Any]]:
     """The sweep itself (the server was already checked); one record per concurrency level."""
@@ -259,7 +284,7 @@ async def run_serving_async(base_url: str, model: str, config: ServeConfig, voca
     if warmup:
         short = [Request(r.prompt_token_ids, min(r.output_len, 8)) for r in warmup]
         results, _ = await _run_level(url, model, short, len(short), config)
-        failures = [r["error"] for r in results if not r["ok"]]
+        failures = [r.error for r in results if not r.ok]
         if failures:
             raise BenchError(f"warm-up requests to {url} failed: {failures[0]}")
     records = []
@@ -276,7 +301,8 @@ async def run_serving_async(base_url: str, model: str, config: ServeConfig, voca
             "output_len": level_requests[0].output_len if fixed else round(lengths["output_len_mean"], 1),
             **level_record(results, duration, concurrency),
             "temperature": config.temperature, "seed": config.seed, "profile": profile,
-            "load_avg_1m": load, "cpu_count": os.cpu_count(), "timestamp": timestamp(), "requests": results,
+            "load_avg_1m": load, "cpu_count": os.cpu_count(), "timestamp": timestamp(),
+            "requests": [asdict(r) for r in results],
         }
         records.append(record)
         if progress:
@@ -314,7 +340,7 @@ def run_serving(base_url: str, model: str | None = None, config: ServeConfig | N
                                    "vocabulary; pass tokenizer= (--tokenizer) a folder holding its tokenizer files")
         vocab_ids = regular_token_ids_for(tokenizer)
     profile = settings.profile if settings is not None else None
-    records = _run_sync(run_serving_async(base_url, model, config, vocab_ids, progress=progress, profile=profile))
+    records = run_sync(run_serving_async(base_url, model, config, vocab_ids, progress=progress, profile=profile))
     if out is None:
         out = default_results_dir() / f"serving-{profile or 'server'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     path = save_records(records, out, kind="serving", config=asdict(config), base_url=base_url, model=model)

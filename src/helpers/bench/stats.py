@@ -1,10 +1,8 @@
-"""Small, tested statistics for benchmarks: percentiles and per-request token timing.
+"""Statistics for benchmarks: percentiles and per-request token timing (notebook 04).
 
-Everything here is plain Python so the formulas can be read (notebook 04) and checked by hand:
-
-* :func:`percentile` interpolates linearly between the two nearest ranks, exactly like
-  ``numpy.percentile(values, q)`` with its default ``method="linear"``:
-  rank = q/100 x (n - 1), value = x[floor(rank)] + (x[ceil(rank)] - x[floor(rank)]) x frac(rank).
+* :func:`percentile` is ``numpy.percentile`` (its default ``method="linear"``, as
+  ``vllm bench serve`` reports): rank = q/100 x (n - 1), value = x[floor(rank)] +
+  (x[ceil(rank)] - x[floor(rank)]) x frac(rank). Notebook 04 checks it by hand.
 * TPOT, time per output token, = (end-to-end latency - TTFT) / (output tokens - 1): the first
   token's time is TTFT, the remaining ``n - 1`` tokens share the rest of the request's time.
 """
@@ -14,6 +12,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+import numpy as np
+
 #: Percentiles every latency summary reports.
 PERCENTILES = (50, 90, 99)
 
@@ -22,32 +22,20 @@ def percentile(values: Iterable[float], q: float) -> float | None:
     """The ``q``-th percentile (0-100) with linear interpolation; ``None`` for no values."""
     if not 0 <= q <= 100 or math.isnan(q):
         raise ValueError(f"percentile q={q!r} must be between 0 and 100")
-    data = sorted(float(v) for v in values)
-    if not data:
-        return None
-    rank = q / 100 * (len(data) - 1)
-    lower = math.floor(rank)
-    upper = min(lower + 1, len(data) - 1)
-    fraction = rank - lower
-    return data[lower] + (data[upper] - data[lower]) * fraction
+    data = np.fromiter((float(v) for v in values), dtype=float)
+    return float(np.percentile(data, q)) if data.size else None
 
 
-def mean(values: Iterable[float]) -> float | None:
-    data = [float(v) for v in values]
-    return sum(data) / len(data) if data else None
+def summarize(values: Sequence[float], name: str, *, scale: float = 1.0) -> dict[str, float | None]:
+    """``{name}_mean``, ``{name}_p50``, ``_p90``, ``_p99`` of ``values`` x ``scale`` (``None`` when empty).
 
-
-def summarize(values: Sequence[float], name: str, *, scale: float = 1.0,
-              percentiles: Sequence[int] = PERCENTILES) -> dict[str, float | None]:
-    """``{name}_mean``, ``{name}_p50``, ... of ``values`` x ``scale`` (``None`` when empty).
-
-    ``scale=1000`` turns seconds into milliseconds.
+    ``scale=1000`` turns seconds into milliseconds. The keys are the record's JSON fields.
     """
-    scaled = [v * scale for v in values]
-    out: dict[str, float | None] = {f"{name}_mean": mean(scaled)}
-    for q in percentiles:
-        out[f"{name}_p{q}"] = percentile(scaled, q)
-    return out
+    data = np.asarray(values, dtype=float) * scale
+    if not data.size:
+        return {f"{name}_mean": None, **{f"{name}_p{q}": None for q in PERCENTILES}}
+    points = np.percentile(data, PERCENTILES)
+    return {f"{name}_mean": float(data.mean()), **{f"{name}_p{q}": float(v) for q, v in zip(PERCENTILES, points)}}
 
 
 def time_per_output_token(e2e_s: float, ttft_s: float, output_tokens: int) -> float | None:

