@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers.bench import BenchError, ServeConfig, run_serving
+from helpers.bench import BenchError, ServeConfig, load_records, run_serving
 from helpers.bench.loop import THREAD_NAME
 from helpers.bench.prompts import Request
 from helpers.bench.worker import run_worker, settings_to_json
@@ -45,28 +45,43 @@ def _interrupt_main_thread_once(server: SlowSSEServer, requests: int, threads_th
     return thread
 
 
-def test_interrupt_kernel_cancels_a_sweep_started_inside_a_running_loop(tmp_path):
-    """As in Jupyter: the cell's code runs while an event loop runs in the main thread."""
-    config = ServeConfig(concurrency=(3,), requests_per_level=3, warmup_requests=0, request_timeout_s=300)
+def _sweep_in_a_running_loop_until_interrupted(server: SlowSSEServer, config: ServeConfig, out: Path,
+                                               at_requests: int, threads_then: list[str]) -> None:
+    """As in Jupyter: the cell's code runs while an event loop runs in the main thread (one with
+    no SIGINT handler of its own, like ipykernel's); Ctrl+C once ``at_requests`` have arrived."""
 
     async def notebook_cell() -> list:
-        return run_serving(server.url, MODEL, config, vocab_ids=[1, 2, 3], out=tmp_path / "s.json", progress=False)
+        return run_serving(server.url, MODEL, config, vocab_ids=[1, 2, 3], out=out, progress=False)
 
+    interrupter = _interrupt_main_thread_once(server, at_requests, threads_then)
+    loop = asyncio.new_event_loop()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            loop.run_until_complete(notebook_cell())
+    finally:
+        loop.close()
+    interrupter.join()
+
+
+def test_interrupt_kernel_cancels_a_sweep_started_inside_a_running_loop(tmp_path):
+    config = ServeConfig(concurrency=(3,), requests_per_level=3, warmup_requests=0, request_timeout_s=300)
     with SlowSSEServer() as server:
         threads_then: list[str] = []
-        interrupter = _interrupt_main_thread_once(server, 3, threads_then)
-        loop = asyncio.new_event_loop()  # no SIGINT handler of its own, like ipykernel's
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                loop.run_until_complete(notebook_cell())
-        finally:
-            loop.close()
-        interrupter.join()
+        _sweep_in_a_running_loop_until_interrupted(server, config, tmp_path / "s.json", 3, threads_then)
         assert THREAD_NAME in threads_then  # the sweep ran in its own thread ...
         assert THREAD_NAME not in [t.name for t in threading.enumerate()]  # ... which is gone
         assert server.wait_for(lambda s: s.closed_by_client == 3, timeout=30)
         assert server.received == 3
     assert not (tmp_path / "s.json").exists()
+
+
+def test_an_interrupted_sweep_keeps_the_levels_it_finished(tmp_path):
+    """Level 1 (50 streams at once) finishes, level 2 (the same 50, one at a time) is interrupted."""
+    config = ServeConfig(concurrency=(50, 1), requests_per_level=50, warmup_requests=0, request_timeout_s=60)
+    with SlowSSEServer(interval=0.01, max_stream_s=0.2) as server:
+        _sweep_in_a_running_loop_until_interrupted(server, config, tmp_path / "s.json", 52, [])  # level 2 under way
+    (record,) = load_records(tmp_path / "s.json")
+    assert record["concurrency"] == 50 and record["num_requests"] == 50
 
 
 @pytest.mark.parametrize("sig, code, says", [(signal.SIGINT, 130, "interrupted (Ctrl+C)"),

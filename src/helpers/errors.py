@@ -31,3 +31,7 @@ class BenchError(CourseError, RuntimeError):
 
 class BenchConfigError(CourseError, ValueError):
     """A benchmark was asked for something impossible, or its results file is damaged (notebook 04)."""
+
+
+class GatewayError(CourseError, RuntimeError):
+    """The API gateway was configured wrongly or could not be started (notebook 05)."""

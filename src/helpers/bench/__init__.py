@@ -6,9 +6,10 @@
 * :mod:`.serving` - streaming client sweeping concurrency: TTFT, TPOT, ITL, e2e percentiles;
 * :mod:`.stats` - percentiles (``numpy.percentile``) and token accounting;
 * :mod:`.records` - the JSON results files: atomic writes, one reader that refuses damaged files;
-* :mod:`.report` and :mod:`.plots` - tables, conclusions and plots computed from the records.
+* :mod:`.report` and :mod:`.plots` - tables, conclusions and plots computed from the records;
+* :mod:`.gateway` - what the API gateway of notebook 05 adds: the same streams direct and through it.
 
-From a terminal: ``python -m helpers.bench offline ...`` / ``serve ...`` / ``show ...``
+From a terminal: ``python -m helpers.bench offline ...`` / ``serve ...`` / ``gateway ...`` / ``show ...``
 (see :mod:`.cli`). Importing this package does not import torch, transformers or vLLM.
 """
 

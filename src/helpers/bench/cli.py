@@ -8,6 +8,8 @@
     python -m helpers.bench serve [--base-url http://127.0.0.1:8000 --model NAME] [--profile smol]
         [--concurrency 1,2,4,8,16,32] [--requests-per-level 32] [--input-len 64] [--output-len 128]
         [--out ...] [--images DIR | --no-plots]          # no --base-url: starts a server itself
+    python -m helpers.bench gateway [--upstreams instant,vllm] [--concurrency 1,8,32] [--rounds 3]
+        [--requests-per-level 64] [--input-len 32] [--output-len 64]   # what the API gateway adds (05)
     python -m helpers.bench show results/offline-....json   # table, conclusions and plots again
 
 Each prints the same tables, writes the JSON records and the plots. Whatever goes wrong is one
@@ -32,7 +34,7 @@ EXIT_STATUS = """exit status:
   0    done
   1    the benchmark failed (a worker, the server or the requests); the error says which and why
   2    bad arguments, requests that cannot fit, or a damaged, foreign or mixed results file
-  130  interrupted (Ctrl+C): what it started is stopped; offline runs finished so far are kept
+  130  interrupted (Ctrl+C): what it started is stopped; runs and levels finished so far are kept
   143  terminated (SIGTERM): the same"""
 
 _count = number(int, minimum=1, what="count")
@@ -91,6 +93,20 @@ def build_parser() -> OneLineParser:
     srv.add_argument("--request-timeout", type=_seconds, default=600.0, help="seconds per request")
     srv.add_argument("--tokenizer", type=Path, help="model folder whose vocabulary the prompts use (default: the profile's)")
 
+    gw = sub.add_parser("gateway", help="what the API gateway adds: the same streams direct and through it",
+                        **layout)
+    gw.add_argument("--profile", choices=PROFILES, help="course profile (default: COURSE_PROFILE or auto)")
+    gw.add_argument("--upstreams", type=comma_list(one_of(("instant", "vllm"), what="upstream"), example="instant,vllm"),
+                    default=["instant", "vllm"], help="instant (answers at once: the gateway's own cost), vllm (default both)")
+    gw.add_argument("--concurrency", type=comma_list(_count, example="1,8,32"), default=[1, 8, 32])
+    gw.add_argument("--requests-per-level", type=_count, default=64)
+    gw.add_argument("--input-len", type=_tokens, default=32)
+    gw.add_argument("--output-len", type=_tokens, default=64)
+    gw.add_argument("--rounds", type=_count, default=3, help="repeat each comparison; medians are reported")
+    gw.add_argument("--out", type=Path, help="JSON file for the records (default results/gateway-...json)")
+    gw.add_argument("--images", type=Path, help=argparse.SUPPRESS)
+    gw.add_argument("--no-plots", action="store_true", help=argparse.SUPPRESS)
+
     show = sub.add_parser("show", help="print tables and conclusions of saved records, redraw the plots",
                           **layout)
     show.add_argument("path", type=Path, help="a results JSON file (or a folder of them)")
@@ -131,7 +147,7 @@ def _report(records, images: Path | None, no_plots: bool, suffix: str = "") -> N
         plots.append(plot_throughput(records, path=folder / f"bench_offline_throughput{suffix}.png" if folder else None))
         if any(r["engine"] == "vllm" for r in records) and any(r["engine"] == "hf" for r in records):
             plots.append(plot_speedup(records, path=folder / f"bench_speedup{suffix}.png" if folder else None))
-    else:
+    elif kind == "serving":
         for metric in ("e2e", "tpot"):
             plots.append(plot_latency_throughput(
                 records, metric=metric, path=folder / f"bench_latency_{metric}{suffix}.png" if folder else None))
@@ -192,6 +208,16 @@ def _dispatch(args) -> int:
 
     if args.command == "show":
         return _show(args)
+    if args.command == "gateway":
+        from .gateway import OverheadConfig, run_gateway_overhead
+
+        settings = get_settings(args.profile)
+        print(settings.banner())
+        config = OverheadConfig(concurrency=tuple(args.concurrency), requests_per_level=args.requests_per_level,
+                                input_len=args.input_len, output_len=args.output_len, rounds=args.rounds)
+        records = run_gateway_overhead(settings, config, upstreams=tuple(dict.fromkeys(args.upstreams)), out=args.out)
+        _report(records, None, True)
+        return 0
     input_len, output_len = _lengths(args)
     if args.command == "offline":
         config = OfflineConfig(mode=args.mode, num_prompts=tuple(args.num_prompts), input_len=input_len,

@@ -27,6 +27,9 @@ REQUIRED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "serving": {"concurrency": _COUNT, "num_requests": _COUNT, "completed": _COUNT, "failed": _COUNT,
                 **{name: _MEASURED for name in ("requests_per_s", "output_tokens_per_s", "e2e_ms_p50", "e2e_ms_p99",
                                                 "tpot_ms_p50", "tpot_ms_p99")}},
+    "gateway": {"path": (str,), "upstream": (str,), "concurrency": _COUNT, "completed": _COUNT, "failed": _COUNT,
+                **{name: _MEASURED for name in ("output_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "e2e_ms_p50",
+                                                "e2e_ms_p99")}},
 }
 RECORD_KINDS = tuple(REQUIRED_FIELDS)
 

@@ -15,11 +15,12 @@ from typing import Any, Sequence
 
 from .config import HF_ALL
 from .records import Record
+from .text_table import render_table
 
 
 # -- shared with the plots ---------------------------------------------------------------------------
 def record_kind(records: Sequence[Record]) -> str:
-    """The one kind of ``records`` (``offline`` or ``serving``); raises if they mix kinds."""
+    """The one kind of ``records`` (``offline``, ``serving`` or ``gateway``); raises if they mix kinds."""
     kinds = {r.get("kind") for r in records}
     if len(kinds) != 1 or None in kinds:
         raise ValueError(f"records mix kinds {sorted(map(str, kinds))}: pass offline or serving records")
@@ -59,17 +60,6 @@ def _fmt(value: Any, digits: int = 0) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
-def _render(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool] | None = None) -> str:
-    right = right or [True] * len(header)
-    widths = [max(len(str(h)), *(len(str(row[i])) for row in rows)) if rows else len(str(h))
-              for i, h in enumerate(header)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(cells, widths, right)).rstrip()
-
-    return "\n".join([line(header), line(["-" * w for w in widths]), *(line(row) for row in rows)])
-
-
 # -- tables -------------------------------------------------------------------------------------------
 def table(records: Sequence[Record]) -> str:
     """A readable text table of offline runs or serving levels."""
@@ -77,6 +67,10 @@ def table(records: Sequence[Record]) -> str:
         return "(no records)"
     if record_kind(records) == "serving":
         return _serving_table(records)
+    if record_kind(records) == "gateway":
+        from .gateway import overhead_table
+
+        return overhead_table(records)
     ordered = sorted(records, key=lambda r: (r["num_prompts"], r["engine"] != "vllm",
                                              batch_order(str(r.get("batch_label")))))
     header = ["prompts", "in", "out", "engine", "batch", "seconds", "req/s", "total tok/s", "output tok/s",
@@ -94,7 +88,7 @@ def table(records: Sequence[Record]) -> str:
             ("FAILED: " + str(r["error"]).splitlines()[0][:60]) if r.get("error") else _note(r),
         ])
     right = [True, True, True, False, False, True, True, True, True, True, True, False]
-    text = _render(header, rows, right)
+    text = render_table(header, rows, right)
     if any(r["engine"] == "vllm" and r.get("peak_memory_bytes") for r in records):
         text += ("\npeak mem: vLLM's includes the KV-cache pool it reserves at start-up (VLLM_CPU_KVCACHE_SPACE on "
                  "CPU, gpu_memory_utilization of the card on GPU), whatever the batch needs; transformers grows its "
@@ -138,7 +132,7 @@ def _serving_table(records: Sequence[Record]) -> str:
                                                          ("itl", "p99"), ("e2e", "p50"), ("e2e", "p90"),
                                                          ("e2e", "p99"))),
         ])
-    text = _render(header, rows) + "\nlatencies in ms over the successful requests of each level"
+    text = render_table(header, rows) + "\nlatencies in ms over the successful requests of each level"
     failures = [f"concurrency {r['concurrency']}: {r['failed']} failed ({'; '.join(r['errors'])[:120]})"
                 for r in records if r.get("failed")]
     busy_runs = [r for r in records if busy(r)]
@@ -182,7 +176,7 @@ def speedup_table(records: Sequence[Record]) -> str:
     body = [[_fmt(r["num_prompts"]), _fmt(r["vllm_output_tokens_per_s"]), _fmt(r["best_hf_output_tokens_per_s"]),
              _fmt(r["best_hf_batch"]), f"{r['speedup']:.2f}x" if r["speedup"] else "-",
              ", ".join(map(str, r["hf_failed"])) or ""] for r in rows]
-    return _render(header, body, [True, True, True, True, True, False])
+    return render_table(header, body, [True, True, True, True, True, False])
 
 
 # -- conclusions --------------------------------------------------------------------------------------
@@ -190,7 +184,12 @@ def conclusions(records: Sequence[Record]) -> dict[str, Any]:
     """The numbers worth quoting, computed from the records, and sentences that quote them."""
     if not records:
         raise ValueError("no records")
-    return _serving_conclusions(records) if record_kind(records) == "serving" else _offline_conclusions(records)
+    kind = record_kind(records)
+    if kind == "gateway":
+        from .gateway import overhead_conclusions
+
+        return overhead_conclusions(records)
+    return _serving_conclusions(records) if kind == "serving" else _offline_conclusions(records)
 
 
 def _offline_conclusions(records: Sequence[Record]) -> dict[str, Any]:

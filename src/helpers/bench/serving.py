@@ -35,7 +35,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import BenchConfigError, BenchError
 from ..settings import Settings, get_settings
@@ -272,8 +272,12 @@ def level_record(results: Sequence[RequestResult], duration_s: float, concurrenc
 
 # -- the sweep ------------------------------------------------------------------------------------
 async def run_serving_async(base_url: str, model: str, config: ServeConfig, vocab_ids: Sequence[int], *,
-                            progress: bool = True, profile: str | None = None) -> list[dict[str, Any]]:
-    """The sweep itself (the server was already checked); one record per concurrency level."""
+                            progress: bool = True, profile: str | None = None,
+                            on_level: Callable[[list[dict[str, Any]]], Any] | None = None) -> list[dict[str, Any]]:
+    """The sweep itself (the server was already checked); one record per concurrency level.
+
+    ``on_level(records)`` is called after each level with the records so far (e.g. to save
+    them, so that an interrupted sweep keeps the levels it finished)."""
     url = normalize_base_url(base_url) + "/v1/completions"
     levels = list(config.concurrency)
     per_level = config.requests_per_level
@@ -305,6 +309,8 @@ async def run_serving_async(base_url: str, model: str, config: ServeConfig, voca
             "requests": [asdict(r) for r in results],
         }
         records.append(record)
+        if on_level is not None:
+            on_level(list(records))
         if progress:
             failed = f", {record['failed']} FAILED" if record["failed"] else ""
             p50 = record["e2e_ms_p50"]
@@ -340,10 +346,15 @@ def run_serving(base_url: str, model: str | None = None, config: ServeConfig | N
                                    "vocabulary; pass tokenizer= (--tokenizer) a folder holding its tokenizer files")
         vocab_ids = regular_token_ids_for(tokenizer)
     profile = settings.profile if settings is not None else None
-    records = run_sync(run_serving_async(base_url, model, config, vocab_ids, progress=progress, profile=profile))
     if out is None:
         out = default_results_dir() / f"serving-{profile or 'server'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path = save_records(records, out, kind="serving", config=asdict(config), base_url=base_url, model=model)
+
+    def save(records: list[dict[str, Any]]) -> Path:  # after every level: Ctrl+C keeps those done
+        return save_records(records, out, kind="serving", config=asdict(config), base_url=base_url, model=model)
+
+    records = run_sync(run_serving_async(base_url, model, config, vocab_ids, progress=progress, profile=profile,
+                                         on_level=save))
+    path = save(records)
     if progress:
         print(f"records written to {path}")
     return records
