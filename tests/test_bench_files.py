@@ -47,8 +47,8 @@ def test_damaged_or_foreign_results_are_refused_with_the_file_named(tmp_path):
     with pytest.raises(BenchConfigError, match="cut.json is not complete JSON"):
         load_records(truncated)
     foreign = tmp_path / "other.json"
-    foreign.write_text(json.dumps({"records": [{"kind": "gateway", "x": 1}]}))
-    with pytest.raises(BenchConfigError, match="other.json holds records of kind gateway"):
+    foreign.write_text(json.dumps({"records": [{"kind": "embedding", "x": 1}]}))
+    with pytest.raises(BenchConfigError, match="other.json holds records of kind embedding"):
         load_records(foreign)
     mixed = tmp_path / "mixed.json"
     mixed.write_text(json.dumps({"records": OFFLINE[:1] + SERVING[:1]}))
@@ -105,7 +105,7 @@ def test_cli_show_on_a_folder_of_every_kind_reports_file_by_file(tmp_path):
 @pytest.mark.parametrize("name, content, message", [
     ("cut.json", '{"meta": {}, "records": [{"kind": "offl', "cut.json is not complete JSON"),
     ("mixed.json", json.dumps({"records": OFFLINE[:1] + SERVING[:1]}), "mixed.json mixes offline and serving"),
-    ("gateway.json", json.dumps({"records": [{"kind": "gateway"}]}), "gateway.json holds records of kind gateway"),
+    ("foreign.json", json.dumps({"records": [{"kind": "embedding"}]}), "foreign.json holds records of kind embedding"),
     ("typed.json", json.dumps({"records": [{**SERVING[0], "concurrency": "eight"}, SERVING[1]]}),
      "typed.json: record 0 (serving) has concurrency='eight'"),
 ])

@@ -54,10 +54,12 @@ def build_app(model: str = MODEL):
     async def generate(request: web.Request) -> web.StreamResponse:
         try:
             body = await request.json()
+            if not isinstance(body, dict):
+                raise ValueError
             tokens = int(body.get("max_tokens") or 16)
             if not 0 < tokens <= MAX_TOKENS:
                 raise ValueError
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, OverflowError):
             return web.json_response({"error": {"message": f"a JSON object with max_tokens in 1..{MAX_TOKENS}",
                                                 "type": "BadRequestError", "param": None, "code": 400}}, status=400)
         chat = request.path.endswith("/chat/completions")
@@ -78,7 +80,8 @@ def build_app(model: str = MODEL):
             choice = ({"index": 0, "delta": {"content": TOKEN_TEXT}, "finish_reason": last} if chat
                       else {"index": 0, "text": TOKEN_TEXT, "finish_reason": last, **ids})
             await response.write(_event({**common, "choices": [choice]}))
-        if (body.get("stream_options") or {}).get("include_usage"):
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
             await response.write(_event({**common, "choices": [], "usage": usage}))
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()

@@ -110,7 +110,7 @@ def _load_file(path: Path) -> list[Record]:
     unknown = sorted(kinds - set(RECORD_KINDS))
     if unknown:
         raise BenchConfigError(f"{path} holds records of kind {', '.join(unknown)}; this version reads "
-                               f"{' and '.join(RECORD_KINDS)} records only.")
+                               f"{', '.join(RECORD_KINDS)} records only.")
     if len(kinds) > 1:
         raise BenchConfigError(f"{path} mixes {' and '.join(sorted(kinds))} records; the harness writes one kind "
                                "per file: split it or re-run the benchmark.")
