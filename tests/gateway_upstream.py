@@ -29,6 +29,7 @@ class FakeUpstream:
     def __init__(self, model: str = MODEL, pieces: tuple[str, ...] = PIECES) -> None:
         self.model, self.pieces = model, list(pieces)
         self.fail_503 = 0                       # answer 503 to this many POSTs first
+        self.drop = 0                           # close this many POSTs' connections without an answer
         self.die_after: int | None = None       # streams: close the connection after this many events
         self.gate: threading.Event | None = None  # streams: wait for it before the last piece
         self.delay = 0.0                        # seconds between streamed events
@@ -132,6 +133,11 @@ class FakeUpstream:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 self._record(body)
                 if not self._authorized():
+                    return
+                if upstream.drop > 0:   # as a server killed while it held the request
+                    upstream.drop -= 1
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
                     return
                 if upstream.fail_503 > 0:
                     upstream.fail_503 -= 1

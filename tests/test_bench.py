@@ -382,14 +382,42 @@ def test_serving_sweep_against_a_real_server(tiny_server, tmp_path):
 def test_failed_requests_are_counted_not_dropped(tiny_server):
     import asyncio
 
-    from helpers.bench.serving import _run_level
+    from helpers.bench.serving import run_level
 
     url = tiny_server.url_for("v1", "completions")
     requests = [Request((1, 2, 3, 4), 4), Request((5, 6, 7, 8), 4)]
-    results, duration = asyncio.run(_run_level(url, "no-such-model", requests, 2, ServeConfig()))
+    results, duration = asyncio.run(run_level(url, "no-such-model", requests, 2, ServeConfig()))
     record = level_record(results, duration, 2)
     assert (record["completed"], record["failed"]) == (0, 2)
     assert all(message.startswith("BenchError: HTTP 404") for message in record["errors"])
     assert record["e2e_ms_p50"] is None
     with pytest.raises(BenchConfigError, match="not served"):
         check_server(tiny_server.base_url, "no-such-model")
+
+
+@pytest.mark.vllm
+def test_tuning_experiments_measure_a_running_server(tiny_server, tmp_path):
+    """Every experiment's traffic against one real server (variants given by URL: no server is started)."""
+    from helpers.bench import tuning
+
+    settings = get_settings("tiny")
+    here = tuning.Variant("running", base_url=tiny_server.base_url, log_path=tiny_server.log_path)
+    kv = tuning.kv_capacity(settings, [here], out=tmp_path / "kv.json", progress=False)
+    assert kv[0]["kv_tokens"] > 0 and kv[0]["kv_concurrency_len"] == settings.max_model_len
+    prefix = tuning.prefix_caching(settings, default=here, with_off=False, requests=4, prefix_len=64,
+                                   out=tmp_path / "p.json", progress=False)
+    seqs = tuning.max_num_seqs(settings, values=(), default=here, concurrency=(1, 3), output_len=4,
+                               out=tmp_path / "s.json", progress=False)
+    chunk = tuning.chunked_prefill(settings, values=(), default=here, decode_streams=2, decode_output=8,
+                                   long_prompts=2, long_len=128, first_long_after_s=0.0, long_every_s=0.0,
+                                   out=tmp_path / "c.json", progress=False)
+    assert [r["completed"] for r in prefix] == [4] and prefix[0]["failed"] == 0
+    assert prefix[0]["first_ttft_ms"] > 0 and prefix[0]["later_ttft_ms_p50"] > 0
+    assert [(r["concurrency"], r["num_requests"], r["failed"]) for r in seqs] == [(1, 2, 0), (3, 6, 0)]
+    busiest = seqs[-1]["metrics"]
+    assert busiest["scrape_errors"] == 0 and busiest["series"]["vllm:num_requests_running"]
+    # the TTFT histogram of the sampled window counted exactly the requests sent in it
+    assert busiest["ttft_buckets"][-1][1] == 6
+    assert chunk[0]["completed"] == 4 and chunk[0]["failed"] == 0 and chunk[0]["itl_ms_p50"] > 0
+    saved = load_records(tmp_path / "s.json")
+    assert [(r["concurrency"], r["completed"]) for r in saved] == [(1, 2), (3, 6)] and "metrics" in saved[-1]

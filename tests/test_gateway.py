@@ -261,6 +261,16 @@ def test_retries_end_with_the_upstreams_answer(upstream):
     assert len(upstream.posts()) == 2
 
 
+def test_a_connection_dropped_before_the_answer_is_retried_elsewhere(upstream):
+    with FakeUpstream() as dying:
+        dying.drop = 1   # accepts the request, then closes the connection without a status line
+        with serve([dying.url, upstream.url]) as gw:
+            response = call(gw, "POST", "/v1/chat/completions", CHAT)
+            assert response.status_code == 200 and len(dying.posts()) == 1 and len(upstream.posts()) == 1
+            assert metric(gw, "gateway_upstream_errors_total", upstream=dying.url, kind="broken") == 1
+            assert metric(gw, "gateway_retries_total", route="/v1/chat/completions") == 1
+
+
 def test_no_retry_once_the_stream_began(upstream, gateway):
     upstream.die_after = 2   # role chunk, first piece, then the connection drops
     with httpx.stream("POST", gateway.url + "/v1/chat/completions", json={**CHAT, "stream": True}) as response:

@@ -10,6 +10,9 @@ group, SIGTERM first and SIGKILL after GRACE seconds, when
   started the guard ends, so the signal alone proves nothing);
 * CMD exits on its own: whatever CMD left in the group (vLLM's engine process) is stopped.
 
+PARENT_PID 0 means *detached* (the launcher's supervisor, notebook 06): no parent is watched,
+so CMD outlives whoever started it; the other two rules still hold.
+
 Exit status: CMD's own exit code, ``128 + N`` if a signal N ended it.
 """
 
@@ -82,13 +85,15 @@ def _stop_group(child: subprocess.Popen, grace: float) -> None:
 
 def main(argv: list[str]) -> int:
     parent, grace, command = int(argv[1]), float(argv[2]), argv[4:]
+    watched = parent != 0  # 0: detached, outlive the parent
     asked = []
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, frame: asked.append(signum))
     signal.signal(signal.SIGUSR1, lambda signum, frame: None)  # parent-death signal: the poll decides
-    _set_parent_death_signal(signal.SIGUSR1)
-    if os.getppid() != parent:
-        return 0  # the parent died before we were ready: start nothing
+    if watched:
+        _set_parent_death_signal(signal.SIGUSR1)
+        if os.getppid() != parent:
+            return 0  # the parent died before we were ready: start nothing
 
     guard = os.getpid()
 
@@ -105,7 +110,7 @@ def main(argv: list[str]) -> int:
         print(f"[guard] could not start {command[:1]}: {exc}", file=sys.stderr, flush=True)
         return 127
     while child.poll() is None:
-        if asked or os.getppid() != parent:
+        if asked or (watched and os.getppid() != parent):
             _stop_group(child, grace)
             break
         time.sleep(POLL_S)

@@ -35,3 +35,7 @@ class BenchConfigError(CourseError, ValueError):
 
 class GatewayError(CourseError, RuntimeError):
     """The API gateway was configured wrongly or could not be started (notebook 05)."""
+
+
+class DeployError(CourseError, ValueError):
+    """A deployment file (``.env``) or launcher request is wrong: names the variable and the fix."""

@@ -13,6 +13,11 @@ function call. What :func:`spawn` guarantees:
   within a fraction of a second and stops the group the same way;
 * at interpreter exit (closing or restarting a kernel) every child still running is stopped.
 
+One exception, asked for by name: ``spawn(..., detached=True)`` (the launcher's supervisor,
+notebook 06) starts a child meant to **outlive** its parent. Its guard watches no parent and
+it is not stopped at exit; whoever knows its group id stops it later with :func:`stop_group`.
+The detached child still stops *its own* children the usual way, so a group is never orphaned.
+
 The hand-written part is small and teaches one thing: where orphans come from (a process
 whose parent died keeps running, re-parented to PID 1) and the two ways to prevent them:
 someone who outlives the parent does the stopping, and signals go to a group, not a pid.
@@ -141,18 +146,27 @@ def _forget(child: Child) -> None:
 
 def spawn(argv: Sequence[str], *, name: str, log_path: str | Path | None = None,
           env: Mapping[str, str] | None = None, header: str | None = None,
-          grace: float = STOP_GRACE_S, cwd: str | Path | None = None) -> Child:
+          grace: float = STOP_GRACE_S, cwd: str | Path | None = None,
+          append: bool = False, detached: bool = False) -> Child:
     """Start ``argv`` behind a guard in a new session; stdout and stderr go to ``log_path``.
 
     ``env`` is the complete environment (default: this process's). ``header`` is written as
-    the log's first line (e.g. the command, secrets hidden).
+    the log's first line (e.g. the command, secrets hidden); ``append`` adds to an existing
+    log instead of replacing it (a restarted service keeps the lines of its earlier runs).
+
+    ``detached``: the child outlives this process. Its guard watches no parent (it still stops
+    the group on SIGTERM, SIGINT or SIGHUP, and when the command exits), and the child is not
+    registered: :func:`stop_all` and interpreter exit leave it running, :func:`live_children`
+    does not list it. The returned :class:`Child` can still :meth:`~Child.stop` it; any other
+    process stops it with :func:`stop_group` (``child.pgid``).
     """
     command = [str(arg) for arg in argv]
-    guarded = [sys.executable, "-I", "-S", str(GUARD), str(os.getpid()), f"{grace:g}", "--", *command]
+    parent = 0 if detached else os.getpid()  # 0: the guard watches no parent
+    guarded = [sys.executable, "-I", "-S", str(GUARD), str(parent), f"{grace:g}", "--", *command]
     path = None if log_path is None else Path(log_path)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        out = open(path, "wb")
+        out = open(path, "ab" if append else "wb")
     else:
         out = open(os.devnull, "wb")
     with out:
@@ -164,8 +178,9 @@ def spawn(argv: Sequence[str], *, name: str, log_path: str | Path | None = None,
                                  start_new_session=True)
     try:
         child = Child(popen=popen, argv=command, name=name, log_path=path, grace=grace)
-        with _LOCK:
-            _CHILDREN[child.pid] = child
+        if not detached:
+            with _LOCK:
+                _CHILDREN[child.pid] = child
     except BaseException:  # interrupted before it was registered: nobody else would stop it
         _killpg(popen.pid, signal.SIGKILL)
         popen.wait()
@@ -192,6 +207,31 @@ def stop_all() -> int:
 
 
 atexit.register(stop_all)
+
+
+def stop_group(pgid: int, grace: float = STOP_GRACE_S) -> bool:
+    """Stop a group this process holds no :class:`Child` for (a detached one; notebook 06).
+
+    ``pgid`` is the group's id, i.e. its guard's pid (``Child.pgid``), found e.g. in a state
+    file. SIGTERM to the group, SIGKILL after ``grace`` seconds. Returns True when no member
+    is left. The caller checks first that the group is still the one it means: a group id is
+    reserved while any member lives, but is free for reuse once the group is empty.
+    """
+    if not group_members(pgid):
+        return True
+    _killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if not group_members(pgid):
+            return True
+        time.sleep(POLL_S)
+    _killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        if not group_members(pgid):
+            return True
+        time.sleep(POLL_S)
+    return False
 
 
 def read_tail(path: str | Path, lines: int) -> list[str]:

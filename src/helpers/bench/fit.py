@@ -78,7 +78,8 @@ def vllm_memory_plan(settings: Settings, shape: ModelShape, available_bytes: int
         return plan_memory(shape, dtype=dtype, max_model_len=settings.max_model_len, device=device,
                            kv_cache_space_bytes=int(settings.cpu_kvcache_space_gib * GIB))
     return plan_memory(shape, dtype=dtype, max_model_len=settings.max_model_len, device=device,
-                       device_memory_bytes=available_bytes, memory_fraction=settings.gpu_memory_utilization)
+                       device_memory_bytes=available_bytes, memory_fraction=settings.gpu_memory_utilization,
+                       tp=settings.tensor_parallel_size)
 
 
 def check_offline_fit(settings: Settings, config: OfflineConfig, *, shape: ModelShape | None = None,

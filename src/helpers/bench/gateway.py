@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from ..errors import BenchConfigError
 from .prompts import make_requests
 from .records import timestamp
-from .serving import ServeConfig, _run_level, level_record, normalize_base_url
+from .serving import ServeConfig, run_level, level_record, normalize_base_url
 from .text_table import render_table
 
 PATHS = ("direct", "gateway")
@@ -54,7 +54,7 @@ async def measure_overhead_async(upstream_url: str, gateway_url: str, model: str
             "gateway": normalize_base_url(gateway_url) + "/v1/completions"}
     warm = make_requests(vocab_ids, "fixed", 4, input_len=config.input_len, output_len=4, seed=config.seed + 1)
     for url in urls.values():  # connections, caches and the JIT-less Python paths warmed on both
-        await _run_level(url, model, warm, 4, serve)
+        await run_level(url, model, warm, 4, serve)
     records = []
     for round_index in range(config.rounds):
         for level, concurrency in enumerate(config.concurrency):
@@ -62,7 +62,7 @@ async def measure_overhead_async(upstream_url: str, gateway_url: str, model: str
                                      output_len=config.output_len, seed=config.seed, variant=round_index * 100 + level)
             order = PATHS if (round_index + level) % 2 == 0 else PATHS[::-1]
             for path in order:
-                results, duration = await _run_level(urls[path], model, requests, concurrency, serve)
+                results, duration = await run_level(urls[path], model, requests, concurrency, serve)
                 record = {"kind": "gateway", "path": path, "upstream": upstream, "round": round_index,
                           "engine": "vllm-server" if upstream == "vllm" else upstream, "model": model,
                           "input_len": config.input_len, "output_len": config.output_len,

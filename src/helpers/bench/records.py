@@ -30,6 +30,7 @@ REQUIRED_FIELDS: dict[str, dict[str, tuple[type, ...]]] = {
     "gateway": {"path": (str,), "upstream": (str,), "concurrency": _COUNT, "completed": _COUNT, "failed": _COUNT,
                 **{name: _MEASURED for name in ("output_tokens_per_s", "ttft_ms_p50", "ttft_ms_p99", "e2e_ms_p50",
                                                 "e2e_ms_p99")}},
+    "tuning": {"experiment": (str,), "variant": (str,), "startup_s": _MEASURED, "kv_tokens": _MEASURED},
 }
 RECORD_KINDS = tuple(REQUIRED_FIELDS)
 

@@ -218,8 +218,8 @@ async def _send(session, url: str, model: str, request: Request, temperature: fl
     return result
 
 
-async def _run_level(url: str, model: str, requests: Sequence[Request], concurrency: int,
-                     config: ServeConfig) -> tuple[list[RequestResult], float]:
+async def run_level(url: str, model: str, requests: Sequence[Request], concurrency: int,
+                    config: ServeConfig) -> tuple[list[RequestResult], float]:
     import aiohttp
 
     timeout = aiohttp.ClientTimeout(total=config.request_timeout_s)
@@ -287,7 +287,7 @@ async def run_serving_async(base_url: str, model: str, config: ServeConfig, voca
     warmup, requests = requests[:config.warmup_requests], requests[config.warmup_requests:]
     if warmup:
         short = [Request(r.prompt_token_ids, min(r.output_len, 8)) for r in warmup]
-        results, _ = await _run_level(url, model, short, len(short), config)
+        results, _ = await run_level(url, model, short, len(short), config)
         failures = [r.error for r in results if not r.ok]
         if failures:
             raise BenchError(f"warm-up requests to {url} failed: {failures[0]}")
@@ -295,7 +295,7 @@ async def run_serving_async(base_url: str, model: str, config: ServeConfig, voca
     for index, concurrency in enumerate(levels):
         level_requests = requests[index * per_level:(index + 1) * per_level]
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        results, duration = await _run_level(url, model, level_requests, concurrency, config)
+        results, duration = await run_level(url, model, level_requests, concurrency, config)
         lengths = describe_lengths(level_requests)
         fixed = config.mode == "fixed"
         record = {

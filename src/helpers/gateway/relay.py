@@ -2,8 +2,10 @@
 
 The one rule that keeps retries safe: **retry only before the client received a byte**. An
 attempt is retried (on the next upstream, or the same one after a doubling backoff) when the
-connection could not be made, or the upstream answered 502 or 503; both happen before the
-answer's status line reaches the client. Once a stream began, a failure cannot be undone: the
+connection could not be made, when the upstream dropped the connection before its status line
+(a server killed while it held the request: generation has no side effect, so sending it again
+is safe), or when it answered 502 or 503; all happen before the answer's status line reaches
+the client. A read timeout is not retried: a slow upstream would get the work twice. Once a stream began, a failure cannot be undone: the
 client gets a last SSE event ``data: {"error": {...}}`` and the stream ends; the upstream is
 marked down (the gateway itself stays up).
 
@@ -31,6 +33,8 @@ from .upstreams import Upstream, UpstreamPool, describe
 log = logging.getLogger("helpers.gateway")
 
 RETRYABLE_STATUS = (502, 503)
+#: The upstream closed or reset the connection before any answer: safe to send elsewhere.
+DROPPED_BEFORE_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may buffer a stream
 
 
@@ -107,6 +111,9 @@ class Relay:
                     last = ApiError(502, f"The upstream {upstream.url} is unreachable: {describe(exc)}. "
                                          f"Tried {len(tried)} time(s): {', '.join(u.url for u in tried)}. "
                                          "Is the vLLM server running?", type="upstream_unavailable", code=502)
+                    continue
+                if isinstance(exc, DROPPED_BEFORE_ANSWER):  # it died holding the request: nothing reached the client
+                    last = self.broken(upstream, exc)
                     continue
                 raise self.broken(upstream, exc) from None
             exchange = Exchange(upstream, response)
