@@ -245,10 +245,13 @@ def test_the_plan_of_an_env_file(tmp_path):
 def test_status_logs_and_stop_of_a_running_launcher(tmp_path, tag):
     env_file = write_env(tmp_path)
     spec = replace(instant(tmp_path), env={"VLLM_API_KEY": None, "COURSE_EXTRA": "yes"})
-    launch(plan_for(env_file, spec), env={**marked_env(tag), "VLLM_API_KEY": "exported-in-the-shell"})
+    launch(plan_for(env_file, spec), env={**marked_env(tag), "VLLM_API_KEY": "exported-in-the-shell",
+                                          "PYTHONUNBUFFERED": "", "VLLM_LOGGING_CONFIG_PATH": "/tmp/kernel-log.json"})
     assert wait_until(lambda: service_state(env_file, "vllm") == "ready", 60)
     environ = Path(f"/proc/{state_of(env_file)['services']['vllm']['pid']}/environ").read_bytes().split(b"\0")
     assert b"COURSE_EXTRA=yes" in environ and not any(v.startswith(b"VLLM_API_KEY=") for v in environ)
+    # log lines reach the file as written (a SIGKILLed vLLM loses a buffer), in the service's own log
+    assert b"PYTHONUNBUFFERED=1" in environ and not any(v.startswith(b"VLLM_LOGGING_CONFIG_PATH=") for v in environ)
     done = cli("status", "--env", str(env_file))
     assert done.returncode == 0, done.stdout
     assert "running, ready" in done.stdout and "/health 200, /v1/models lists instant" in done.stdout

@@ -19,6 +19,7 @@ Tables, conclusions and plots are in :mod:`.tuning_report`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import re
 import time
 from dataclasses import dataclass, field
@@ -114,7 +115,7 @@ def run_variants(settings: Settings, experiment: str, variants: Sequence[Variant
 
 def _default_or(default: Variant | None, label: str) -> Variant:
     """vLLM's defaults: ``default`` (e.g. a running server) relabelled, else a fresh start."""
-    return Variant(label, default.extra_args, default.changes, default.base_url, default.log_path) if default else Variant(label)
+    return dataclasses.replace(default, label=label) if default else Variant(label)
 
 
 def _vocab(settings: Settings) -> list[int]:

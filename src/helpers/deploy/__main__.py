@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     # The .env's own names stay out of the service's environment: VLLM_PORT and VLLM_HOST mean
     # something else to vLLM itself (VLLM_PORT: its internal ports). HF_HOME is a real setting.
     env = {name: value for name, value in os.environ.items() if name not in KNOWN or name == "HF_HOME"}
+    env["PYTHONUNBUFFERED"] = "1"   # `docker compose logs` shows each line as it is written
     os.execvpe(command[0], command, {**env, **extra})
     return 1  # not reached
 

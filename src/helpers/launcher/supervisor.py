@@ -108,7 +108,10 @@ class Supervisor:
     def start(self, service: Service) -> None:
         spec = service.spec
         header = f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} the launcher starts {spec.name} (run {service.restarts + 1})"
-        env = {**os.environ, **spec.env}
+        # Unbuffered: a Python service's log lines reach its file as they are written (vLLM logs
+        # to stdout; buffered, they would wait for an exit that a SIGKILL never brings), and the
+        # notebook kernel's own vLLM log routing is not inherited (VLLMServer does the same).
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "VLLM_LOGGING_CONFIG_PATH": None, **spec.env}
         service.child = process.spawn(spec.argv, name=f"launcher:{spec.name}", log_path=spec.log,
                                       env={name: value for name, value in env.items() if value is not None},
                                       header=f"{header}\n{spec.header}".rstrip(),
