@@ -39,6 +39,7 @@ ENGINE_VARIABLES: dict[str, str] = {
 
 _positive_int = OVERRIDES["max_model_len"][1]
 _boolean = OVERRIDES["enforce_eager"][1]
+_folder = OVERRIDES["models_root"][1]   # a non-empty path, ~ expanded
 
 
 def _port(text: str) -> int:
@@ -69,12 +70,6 @@ def _count(text: str) -> int:
     if value < 0:
         raise ValueError
     return value
-
-
-def _folder(text: str) -> Path:
-    if not text.strip():
-        raise ValueError
-    return Path(text).expanduser()
 
 
 #: Tuning knobs: ``.env`` name -> (vLLM engine argument, parser, expected form). Empty = vLLM's default.
