@@ -109,13 +109,22 @@ def tiny_settings(tiny_model_dir):
     return get_settings("tiny")
 
 
+def shared_server_options(settings) -> dict:
+    """How the shared server is started: with a key, and with notebook 07's tool-calling flags
+    (``test_structured_server`` needs them; plain requests do not notice them). A ``VLLMServer``
+    built with the same options borrows the shared server instead of replacing it."""
+    from helpers.structured import tool_server_args
+
+    return {"api_key": API_KEY, "extra_args": tool_server_args(settings)}
+
+
 @pytest.fixture(scope="session")
 def shared_server(tiny_settings, tmp_path_factory):
-    """The one real vLLM server (tiny model, API key) that most tests talk to."""
+    """The one real vLLM server (tiny model, API key, tool calling on) that most tests talk to."""
     from helpers.server import VLLMServer, running_server_pids
 
     log_path = tmp_path_factory.mktemp("shared-server") / "vllm.log"
-    server = VLLMServer(tiny_settings, api_key=API_KEY, log_path=log_path)
+    server = VLLMServer(tiny_settings, log_path=log_path, **shared_server_options(tiny_settings))
     server.start()
     TEST_PORTS.add(server.port)
     yield server

@@ -25,7 +25,7 @@ from helpers.server import (
 from helpers.settings import get_settings, replace
 
 pytest.register_assert_rewrite("server_fixtures")
-from server_fixtures import API_KEY, listening, new_port, stub_command, wait_until  # noqa: E402
+from server_fixtures import API_KEY, listening, new_port, shared_server_options, stub_command, wait_until  # noqa: E402
 
 pytest_plugins = ["server_fixtures"]
 
@@ -102,7 +102,7 @@ def test_start_health_and_properties(shared_server):
 
 @pytest.mark.vllm
 def test_a_with_block_borrows_the_live_server_and_leaves_it_to_its_owner(shared_server, tiny_settings, capsys):
-    with VLLMServer(tiny_settings, api_key=API_KEY) as borrowed:
+    with VLLMServer(tiny_settings, **shared_server_options(tiny_settings)) as borrowed:
         assert borrowed.pid == shared_server.pid and not borrowed.owns_process
     assert f"using the server already running on port {shared_server.port}" in capsys.readouterr().out
     assert shared_server.is_running() and shared_server.owns_process

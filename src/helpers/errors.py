@@ -39,3 +39,12 @@ class GatewayError(CourseError, RuntimeError):
 
 class DeployError(CourseError, ValueError):
     """A deployment file (``.env``) or launcher request is wrong: names the variable and the fix."""
+
+
+class StructuredOutputError(CourseError, ValueError):
+    """A JSON schema (or another output constraint) given to a helper is itself wrong (notebook 07)."""
+
+
+class ToolCallError(CourseError, ValueError):
+    """A tool call cannot be run: unknown tool, arguments that are not JSON or break the schema,
+    or the tool's function raised (notebook 07). The message is what the model is sent back."""
