@@ -635,3 +635,29 @@ def test_vllms_hermes_parser_reads_back_what_the_template_writes(tokenizer, rend
         {"city": "Paris", "temp": 21}, 0.4]
     plain = parser.extract_tool_calls("It is sunny.", request=None)
     assert not plain.tools_called and plain.content == "It is sunny."
+
+
+# -- offline: the comparison table and plot, from hand-made runs ---------------------------
+def test_constraint_table_and_plot_use_the_runs_numbers(tmp_path):
+    from helpers.structured import BatchRun, constraint_table, plot_constraints
+
+    runs = {"free": BatchRun("free", output_tokens=[100, 300], seconds=[1.0, 1.0], first_call_s=0.5),
+            "schema": BatchRun("schema", output_tokens=[100, 100, 100], seconds=[0.5, 0.25, 1.0], first_call_s=0.75)}
+    reports = [validity_report("free", ["{}", "x"], None), validity_report("schema", ['{"a": 1}'], None)]
+    assert runs["free"].tokens_per_s == 200 and runs["schema"].tokens_per_s == 200
+    lines = constraint_table(runs, reports).splitlines()
+    assert "vs free" in lines[0] and len(lines) == 3
+    assert lines[1].split()[:3] == ["free", "1/2", "200"] and "1.00x" in lines[1]
+    assert lines[2].split()[:3] == ["schema", "1/1", "200"] and "0.75 s" in lines[2]
+    plot = plot_constraints(runs, reports, path=tmp_path / "c.png")
+    assert plot.path.is_file() and plot.data == {"labels": ["free", "schema"], "valid_percent": [50.0, 100.0],
+                                                  "tokens_per_s": [200, 200]}
+
+
+def test_compare_constraints_refuses_an_empty_batch():
+    from helpers.structured import compare_constraints
+
+    with pytest.raises(StructuredOutputError, match="at least one conversation"):
+        compare_constraints(object(), [], {"free": object()})
+    with pytest.raises(StructuredOutputError, match="repeats=0"):
+        compare_constraints(object(), [[{"role": "user", "content": "x"}]], {"free": object()}, repeats=0)

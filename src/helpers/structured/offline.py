@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..bench.plots import Plot, _figure, _save
+from ..bench.plots import Plot, _save
 from ..errors import StructuredOutputError
 from .validity import ValidityReport
 
@@ -70,12 +70,13 @@ def compare_constraints(llm: Any, conversations: Sequence[Sequence[Mapping[str, 
 def constraint_table(runs: Mapping[str, BatchRun], reports: Sequence[ValidityReport]) -> str:
     """Valid rate, tokens/s (and relative to the first variant), first-call time, per variant."""
     by_label = {r.label: r for r in reports}
-    base = next(iter(runs.values())).tokens_per_s
-    lines = [f"{'variant':<22} {'valid':>9} {'tokens/s':>9} {'vs first':>9} {'first call':>11} {'cut off':>8}"]
+    first_label, first_run = next(iter(runs.items()))
+    ratio = f"vs {first_label}"[:10]
+    lines = [f"{'variant':<22} {'valid':>9} {'tokens/s':>9} {ratio:>10} {'first call':>11} {'cut off':>8}"]
     for label, run in runs.items():
         report = by_label[label]
         lines.append(f"{label:<22} {report.valid:>4}/{report.total:<4} {run.tokens_per_s:>9.0f} "
-                     f"{run.tokens_per_s / base:>8.2f}x {run.first_call_s:>9.2f} s "
+                     f"{run.tokens_per_s / first_run.tokens_per_s:>9.2f}x {run.first_call_s:>9.2f} s "
                      f"{report.counts['cut off']:>8}")
     return "\n".join(lines)
 
@@ -83,22 +84,25 @@ def constraint_table(runs: Mapping[str, BatchRun], reports: Sequence[ValidityRep
 def plot_constraints(runs: Mapping[str, BatchRun], reports: Sequence[ValidityReport], *,
                      title: str = "", path: str | Path | None = None, save: bool = True) -> Plot:
     """Two panels: the share of valid outputs, and output tokens/s, per variant."""
+    from matplotlib.figure import Figure
+
     by_label = {r.label: r for r in reports}
     labels = list(runs)
     rates = [100 * by_label[label].rate for label in labels]
     speeds = [runs[label].tokens_per_s for label in labels]
-    fig, left = _figure(9.5, 4.0)
-    right = fig.add_subplot(1, 2, 2)
-    left.set_subplotspec(fig.add_gridspec(1, 2)[0])
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
     left.bar(labels, rates, color="tab:green")
-    left.set_ylim(0, 105)
-    left.set_ylabel("outputs that parse and fit the schema (%)")
+    left.set_ylim(0, 115)
+    left.set_ylabel("valid outputs (%)")
+    left.set_title("parse and fit the schema")
     right.bar(labels, speeds, color="tab:blue")
-    right.set_ylabel("output tokens/s (median of repeats)")
+    right.set_ylim(0, max(speeds) * 1.15)
+    right.set_ylabel("output tokens/s")
+    right.set_title("speed (median of repeats)")
     for axis, values, fmt in ((left, rates, "{:.0f}%"), (right, speeds, "{:.0f}")):
         for i, value in enumerate(values):
             axis.annotate(fmt.format(value), (i, value), ha="center", va="bottom")
-        axis.tick_params(axis="x", labelrotation=15)
     if title:
         fig.suptitle(title)
     target = _save(fig, path, "07_constraints.png", save)
