@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ToolCallError
-from .validity import schema_validator
+from .validity import schema_validator, schema_violation
 
 TOOL_CHOICES = ("auto", "required", "none")
 
@@ -96,11 +96,10 @@ def execute_tool_call(tools: Sequence[Tool], name: str, arguments: str | Mapping
         arguments = dict(arguments)
     else:
         raise ToolCallError(f"The arguments of {name} must be a JSON object, got {json.dumps(arguments)[:200]}.")
-    error = next(iter(sorted(schema_validator(tool.parameters).iter_errors(arguments), key=str)), None)
-    if error is not None:
-        where = "/".join(str(p) for p in error.path) or "top level"
+    violation = schema_violation(schema_validator(tool.parameters), arguments)
+    if violation is not None:
         raise ToolCallError(
-            f"The arguments of {name} break its schema at {where}: {error.message}. "
+            f"The arguments of {name} break its schema at {violation}. "
             f"Got {json.dumps(arguments)[:200]}.")
     try:
         return tool.function(**arguments)

@@ -37,9 +37,8 @@ def schema_validator(schema: Mapping[str, Any]) -> jsonschema.protocols.Validato
     try:
         cls.check_schema(schema)
     except jsonschema.SchemaError as error:
-        where = "/".join(str(p) for p in error.path) or "the top level"
         raise StructuredOutputError(
-            f"The JSON schema itself is invalid at {where}: {error.message}. Fix the schema "
+            f"The JSON schema itself is invalid at {_where(error, 'the top level')}: {error.message}. Fix the schema "
             "(vLLM's server would answer 400 to it as well).") from None
     return cls(schema)
 
@@ -47,6 +46,16 @@ def schema_validator(schema: Mapping[str, Any]) -> jsonschema.protocols.Validato
 def _reject_constant(name: str) -> None:
     """``NaN`` and ``Infinity`` are Python's extensions, not JSON: another program refuses them."""
     raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
+
+
+def _where(error: jsonschema.ValidationError, top: str = "top level") -> str:
+    return "/".join(str(p) for p in error.path) or top
+
+
+def schema_violation(validator: jsonschema.protocols.Validator, value: Any) -> str | None:
+    """``"<path>: <what is wrong>"`` for the most relevant error of ``value``, or ``None`` if it fits."""
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    return None if error is None else f"{_where(error)}: {error.message}"
 
 
 @dataclass(frozen=True)
@@ -72,10 +81,9 @@ def check_output(text: str, schema: Mapping[str, Any] | None = None, finish_reas
         return OutputCheck(reason, f"{error.msg} at character {error.pos}")
     validator = validator or (schema_validator(schema) if schema is not None else None)
     if validator is not None:
-        error = jsonschema.exceptions.best_match(validator.iter_errors(value))
-        if error is not None:
-            where = "/".join(str(p) for p in error.path) or "top level"
-            return OutputCheck(BREAKS_SCHEMA, f"{where}: {error.message}", value)
+        violation = schema_violation(validator, value)
+        if violation is not None:
+            return OutputCheck(BREAKS_SCHEMA, violation, value)
     return OutputCheck(VALID, "", value)
 
 
