@@ -60,6 +60,13 @@ install() {
     echo "[course] $deps dependencies already installed in $venv (delete $venv/.course-stamp to reinstall)"
     return
   fi
+  # Pre-flight with the system's Python, before ~10 GB are installed: an old Python, a driver
+  # too old for the lock's CUDA build or a full disk stops here, one line each (its exit 3).
+  # If the check itself fails to run, the install goes on.
+  local rc=0
+  PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} COURSE_DEPS=$deps COURSE_VENV=$venv "$python" -m helpers.preflight || rc=$?
+  if [ "$rc" = 3 ]; then exit 1; fi
+  [ "$rc" = 0 ] || echo "[course] pre-flight could not run with $python (exit $rc): installing anyway" >&2
   echo "[course] installing the $deps dependency set into $venv ..."
   [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
   local pip=("$venv/bin/python" -m pip) lock

@@ -1,20 +1,9 @@
-"""Shared test set-up: notebooks run in the ``smol`` profile unless ``COURSE_PROFILE`` says otherwise.
-
-``smol`` is a real (135M-parameter) chat model built offline, so the notebooks show what a
-model does. Unit tests pick their profile explicitly (mostly ``tiny``: an engine whose
-behaviour does not matter, started in seconds). Kernels started by nbval inherit this
-environment: ``COURSE_PROFILE=tiny`` or ``gpu`` before ``pytest`` runs the notebooks there.
-"""
+"""Fixtures and hooks of the unit tests (the environment every test run gets is set in the
+repository's root ``conftest.py``, so ``pytest notebooks/`` alone gets it too)."""
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("COURSE_PROFILE", "smol")
-os.environ.setdefault("MPLBACKEND", "Agg")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import pytest  # noqa: E402
+import pytest
 
 
 @pytest.fixture(scope="session")

@@ -132,3 +132,19 @@ def build_model_dir(root: Path, *, torch_dtype: str = "bfloat16") -> dict[str, i
     (root / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=2))
     return {name: int(a.size) for name, a in (*shard1.items(), *shard2.items())}
+
+
+@pytest.fixture
+def source(tmp_path) -> Path:
+    """A small model folder, the local hub's source."""
+    build_model_dir(tmp_path / "source")
+    return tmp_path / "source"
+
+
+@pytest.fixture
+def hub(source):
+    """The local hub serving ``source`` as MODEL_ID, with this process's hub endpoints pointed at it."""
+    from helpers.local_hub import LocalModelHub
+
+    with LocalModelHub({MODEL_ID: source}) as running, running.use():
+        yield running

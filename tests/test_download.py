@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -29,19 +28,7 @@ pytest_plugins = ["hub_fixtures"]
 pytestmark = pytest.mark.usefixtures("isolated_env")
 
 CLI = [sys.executable, "-m", "helpers.download"]
-PROG = "python -m helpers.download"
-
-
-@pytest.fixture
-def source(tmp_path) -> Path:
-    build_model_dir(tmp_path / "source")
-    return tmp_path / "source"
-
-
-@pytest.fixture
-def hub(source):
-    with LocalModelHub({MODEL_ID: source}) as running, running.use():
-        yield running
+PROG = ".venv/bin/python -m helpers.download"
 
 
 def closed_port() -> int:
@@ -226,7 +213,7 @@ def test_verify_reports_the_broken_file(source, damage, named):
         verify_model_dir(source)
     message = str(info.value)
     assert named in message
-    assert "download_model(" in message and "python -m helpers.download" in message
+    assert "download_model(" in message and "`.venv/bin/python -m helpers.download " in message
     assert "\n" not in message
 
 

@@ -106,8 +106,11 @@ def test_no_nvidia_smi_at_all(tmp_path, monkeypatch):
     assert "nvidia-smi is not on PATH" in probe_gpus().summary
 
 
-def test_auto_profile_uses_a_gpu_whose_driver_is_old(fake_smi):
+def test_auto_profile_uses_a_gpu_whose_driver_is_old(fake_smi, monkeypatch):
     """Before: the [N/A] / compute_cap failures made a GPU box fall back to a CPU profile."""
+    from helpers import settings as settings_module
+
+    monkeypatch.setattr(settings_module, "installed_vllm_build", lambda: "gpu")
     fake_smi(with_compute_cap=(2, OLD_DRIVER_REJECTS), without=(0, "0, 24576, 470.82.01, NVIDIA GeForce RTX 3090\n"))
     chosen = get_settings(env={})
     assert (chosen.profile, chosen.dtype) == ("gpu", "bfloat16") and "RTX 3090" in chosen.reason

@@ -34,7 +34,7 @@ from helpers.ports import free_port, port_is_free
 from server_fixtures import listening, wait_until
 
 REPO = Path(__file__).resolve().parents[1]
-PROG = "python -m helpers.launcher"
+PROG = ".venv/bin/python -m helpers.launcher"
 BOUND_S = 40.0
 
 #: ``crasher.py PORT MODEL COUNTER CRASHES``: serves ``/v1/models`` like vLLM; in each of its first
@@ -189,7 +189,7 @@ def test_a_missing_model_folder_exits_1_with_one_line_and_starts_nothing(tmp_pat
                          MODEL_DIR=tmp_path / "no-model")
     message = one_error_line(cli("start", "--env", str(env_file), env=marked_env(tag)), 1)
     assert f"Model directory {tmp_path / 'no-model'} does not exist" in message
-    assert "python -m helpers.download" in message and not marked(tag)
+    assert "`.venv/bin/python -m helpers.download " in message and not marked(tag)
 
 
 # -- nothing running -----------------------------------------------------------------------------------

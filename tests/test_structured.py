@@ -16,11 +16,12 @@ from typing import Literal
 import pytest
 from pydantic import BaseModel, ConfigDict
 
-from helpers.errors import CourseError, ModelFilesError, StructuredOutputError, ToolCallError
+from helpers.errors import CourseError, ModelFilesError, ServerError, StructuredOutputError, ToolCallError
 from helpers.settings import get_settings, replace
 from helpers.structured import (TOOL_CALL_PARSER, Tool, check_output, execute_tool_call, run_tool_loop,
                                 template_renders_tools, tool_server_args, validity_report, validity_table)
-from helpers.structured.tool_server import COURSE_TOOL_TEMPLATE, model_chat_template
+from helpers.structured.tool_server import (COURSE_TOOL_TEMPLATE, model_chat_template, template_is_chatml,
+                                            template_writes_hermes_calls, tokenizer_added_tokens)
 from helpers.structured.tools import check_tool_choice
 from helpers.structured.validity import BREAKS_SCHEMA, CUT_OFF, NOT_JSON, REASONS, VALID
 
@@ -455,9 +456,90 @@ def test_tool_calls_on_the_forced_last_round_raise_a_tool_call_error():
         run_tool_loop(client, "m", USER, [weather_tool()], max_rounds=1)
 
 
+def test_an_answer_cut_off_by_max_tokens_says_so():
+    client = FakeClient(reply(None, call("c1", "get_weather", '{"city": "Paris"}')),
+                        reply("It is 21 degrees in Par", finish_reason="length"))
+    result = run_tool_loop(client, "m", USER, [weather_tool()], max_tokens=8)
+    assert result.answer == "It is 21 degrees in Par" and result.finish_reason == "length"
+    assert result.cut_off and result.cut_off_steps == []
+    assert str(result).splitlines()[-1] == ("answer after 2 requests, CUT OFF by max_tokens (finish_reason='length'): "
+                                            "incomplete: 'It is 21 degrees in Par'")
+
+
+def test_an_answer_that_stopped_on_its_own_is_not_cut_off():
+    result = run_tool_loop(FakeClient(reply("Hello!")), "m", USER, [weather_tool()])
+    assert not result.cut_off and "CUT OFF" not in str(result)
+
+
+def test_a_call_whose_arguments_were_cut_off_is_not_run_and_says_so():
+    ran = []
+    tool = Tool("get_weather", "Weather.", weather_tool().parameters, lambda **kw: ran.append(kw))
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    client = FakeClient(reply(None, call("c1", "get_weather", '{"city": "Par'), finish_reason="length"),
+                        reply("I could not finish the call."))
+    result = run_tool_loop(client, "m", USER, [tool], tool_choice=named)
+    (step,) = result.steps
+    assert ran == [] and step.cut_off and result.cut_off_steps == [step]
+    assert "cut off by max_tokens" in step.error and "raise max_tokens" in step.error
+    assert "strict=True" not in step.error          # not the advice for JSON the model got wrong
+    assert json.loads(client.requests[1]["messages"][-1]["content"]) == {"error": step.error}
+    assert str(result).splitlines()[0] == (
+        'round 1: get_weather({"city": "Par) -> CUT OFF by max_tokens (arguments incomplete), not run')
+    assert not result.cut_off                        # the final answer itself finished
+
+
+def test_in_a_cut_off_reply_only_the_unfinished_call_is_cut_off():
+    client = FakeClient(reply(None, call("c1", "get_weather", '{"city": "Paris"}'),
+                              call("c2", "get_weather", '{"city": "Ro'), finish_reason="length"),
+                        reply("Paris 21."))
+    done, cut = run_tool_loop(client, "m", USER, [weather_tool()]).steps
+    assert (done.error, done.cut_off) == (None, False) and json.loads(done.result)["temp"] == 21
+    assert cut.cut_off and "cut off by max_tokens" in cut.error
+
+
+def test_json_that_is_broken_in_a_finished_reply_is_not_called_cut_off():
+    client = FakeClient(reply(None, call("c1", "get_weather", '{"city": "Par')), reply("ok"))
+    (step,) = run_tool_loop(client, "m", USER, [weather_tool()]).steps
+    assert not step.cut_off and "are not JSON" in step.error
+
+
+def test_execute_tool_call_words_unparsable_arguments_of_a_cut_off_reply_as_cut_off():
+    with pytest.raises(ToolCallError, match="cut off by max_tokens"):
+        execute_tool_call([weather_tool()], "get_weather", '{"city": "Par', cut_off=True)
+    assert execute_tool_call([weather_tool()], "get_weather", '{"city": "Paris"}', cut_off=True)["temp"] == 21
+
+
 # -- tool_server -------------------------------------------------------------------------
 CHATML = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
-WITH_TOOLS = "{% if tools %}<tools>{{ tools | tojson }}</tools>{% endif %}" + CHATML
+#: ChatML whose tools branch teaches Hermes calls, as Qwen2.5's does.
+WITH_TOOLS = ('{% if tools %}<tools>{{ tools | tojson }}</tools> Call one as <tool_call>{"name": ..., '
+              '"arguments": ...}</tool_call>{% endif %}' + CHATML)
+#: A tools branch whose calls are not Hermes JSON (Qwen3-Coder's XML inside <tool_call>).
+XML_TOOLS = "{% if tools %}<tools>{{ tools | tojson }}</tools> <tool_call><function=NAME>...{% endif %}" + CHATML
+#: Llama 3's turn format: BOS from the template, header tokens, no tools.
+LLAMA3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n"
+          "{{ m.content }}<|eot_id|>{% endfor %}"
+          "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+#: Llama 3.1's way with tools: JSON calls {"name": ..., "parameters": ...}, read by llama3_json.
+LLAMA3_TOOLS = ('{% if tools %}Environment: ipython\nRespond in the format {"name": function name, "parameters": '
+                'dictionary of argument name and its value}. {{ tools | tojson }} Built-in calls start with '
+                '<|python_tag|>.<|eot_id|>{% endif %}' + LLAMA3)
+LLAMA3_TOKENS = ("<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|python_tag|>")
+CHATML_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+
+
+def model_folder(root: Path, name: str, template: str | None, tokens=(), *, in_config: bool = False) -> Path:
+    """A fake model folder: a chat template (``chat_template.jinja``, or in ``tokenizer_config.json``)
+    and a ``tokenizer.json`` that declares ``tokens`` as added special tokens."""
+    folder = root / name
+    folder.mkdir()
+    config = {"chat_template": template} if in_config and template is not None else {}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    if template is not None and not in_config:
+        (folder / "chat_template.jinja").write_text(template, encoding="utf-8")
+    added = [{"id": 1000 + i, "content": token, "special": True} for i, token in enumerate(tokens)]
+    (folder / "tokenizer.json").write_text(json.dumps({"added_tokens": added}), encoding="utf-8")
+    return folder
 
 
 def test_the_template_file_decides_whether_tools_are_rendered(tmp_path):
@@ -509,6 +591,81 @@ def test_server_args_add_the_course_template_only_when_the_models_template_lacks
     assert TOOL_CALL_PARSER == "hermes" and COURSE_TOOL_TEMPLATE.is_file()
     (tmp_path / "chat_template.jinja").write_text(WITH_TOOLS, encoding="utf-8")
     assert tool_server_args(settings_for(tmp_path)) == ["--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+
+
+def test_a_chatml_model_folder_without_tools_gets_the_course_template(tmp_path):
+    folder = model_folder(tmp_path, "smol-like", CHATML, CHATML_TOKENS)
+    assert template_is_chatml(folder) and not template_renders_tools(folder)
+    assert tool_server_args(settings_for(folder))[-2:] == ["--chat-template", str(COURSE_TOOL_TEMPLATE)]
+
+
+def test_the_tiny_profiles_model_gets_the_course_template(tiny_model_dir):
+    settings = replace(get_settings("tiny", env={}, check_hardware=False), model_dir=tiny_model_dir)
+    assert template_is_chatml(tiny_model_dir) and set(CHATML_TOKENS) <= tokenizer_added_tokens(tiny_model_dir)
+    assert tool_server_args(settings)[-1] == str(COURSE_TOOL_TEMPLATE)
+
+
+def test_a_llama_template_without_tools_is_refused_saying_what_was_found_and_what_to_do(tmp_path):
+    folder = model_folder(tmp_path, "llama-3-like", LLAMA3, LLAMA3_TOKENS)
+    assert not template_is_chatml(folder) and not template_renders_tools(folder)
+    with pytest.raises(ServerError) as error:
+        tool_server_args(settings_for(folder))
+    message = str(error.value)
+    assert isinstance(error.value, CourseError) and "\n" not in message          # one paragraph
+    assert str(folder) in message and "without a tools branch" in message and "not ChatML" in message
+    assert "<|im_start|>" in message and COURSE_TOOL_TEMPLATE.name in message   # what was found, and why not ours
+    for remedy in ("--chat-template", "examples/tool_chat_template_", "--tool-call-parser", "'llama3_json'",
+                   "start_server(settings, extra_args=", "COURSE_MODEL_DIR"):
+        assert remedy in message, remedy
+
+
+def test_a_llama_template_with_its_own_tools_is_refused_because_hermes_cannot_read_its_calls(tmp_path):
+    folder = model_folder(tmp_path, "llama-3.1-like", LLAMA3_TOOLS, LLAMA3_TOKENS, in_config=True)
+    assert template_renders_tools(folder) and not template_writes_hermes_calls(folder)
+    with pytest.raises(ServerError) as error:
+        tool_server_args(settings_for(folder))
+    message = str(error.value)
+    assert str(folder) in message and "own tools branch" in message and "<tool_call>" in message
+    assert "--tool-call-parser', 'llama3_json'" in message and "\n" not in message
+
+
+def test_tool_call_blocks_holding_xml_are_not_hermes(tmp_path):
+    folder = model_folder(tmp_path, "qwen3-coder-like", XML_TOOLS, CHATML_TOKENS)
+    assert template_is_chatml(folder) and not template_writes_hermes_calls(folder)
+    with pytest.raises(ServerError, match="own tools branch"):
+        tool_server_args(settings_for(folder))
+
+
+@pytest.mark.parametrize("template, chatml", [
+    (CHATML, True), (WITH_TOOLS, True), (LLAMA3, False), (LLAMA3_TOOLS, False),
+    ("{% for m in messages %}<|im_start|>{{ m.content }}\n{% endfor %}", False),   # one marker is not ChatML
+])
+def test_chatml_is_recognised_by_both_turn_markers(tmp_path, template, chatml):
+    assert template_is_chatml(model_folder(tmp_path, "m", template)) is chatml
+
+
+@pytest.mark.parametrize("tokens, chatml", [(CHATML_TOKENS, True), (LLAMA3_TOKENS, False), ((), False)])
+def test_without_any_template_the_tokenizers_tokens_decide(tmp_path, tokens, chatml):
+    folder = model_folder(tmp_path, "base", None, tokens)
+    assert model_chat_template(folder) == "" and template_is_chatml(folder) is chatml
+    if chatml:
+        assert tool_server_args(settings_for(folder))[-1] == str(COURSE_TOOL_TEMPLATE)
+    else:
+        with pytest.raises(ServerError, match="has no chat template at all"):
+            tool_server_args(settings_for(folder))
+
+
+def test_added_tokens_are_read_from_tokenizer_json_and_tokenizer_config(tmp_path):
+    folder = model_folder(tmp_path, "m", CHATML, ["<|im_start|>"])
+    (folder / "tokenizer_config.json").write_text(json.dumps({"added_tokens_decoder": {
+        "7": {"content": "<|im_end|>", "special": True}}}), encoding="utf-8")
+    assert tokenizer_added_tokens(folder) == {"<|im_start|>", "<|im_end|>"}
+    assert tokenizer_added_tokens(tmp_path / "missing") == set()
+
+
+def test_a_missing_model_folder_is_a_model_files_error(tmp_path):
+    with pytest.raises(ModelFilesError, match="does not exist"):
+        tool_server_args(settings_for(tmp_path / "not-downloaded"))
 
 
 def test_server_args_follow_course_model_dir(tmp_path):

@@ -5,6 +5,9 @@
   say in one sentence what is wrong and what to use instead.
 * :func:`sigterm_raises`: SIGTERM becomes a :class:`Terminated` exception, so ``finally`` and
   ``with`` blocks stop what the command started, exactly as for Ctrl+C.
+* :data:`COURSE_PYTHON` and :func:`course_command`: how a learner runs a course command from a
+  terminal (``.venv/bin/python -m helpers.smoke``), the one spelling every ``prog``, usage line
+  and hint uses.
 
 Exit codes shared by every command line: 0 success, 1 failure, 2 invalid input,
 130 interrupted (Ctrl+C, :data:`EXIT_INTERRUPTED`), 143 terminated (SIGTERM, :data:`EXIT_TERMINATED`).
@@ -25,6 +28,17 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 EXIT_TERMINATED = 128 + signal.SIGTERM
+
+# The course's interpreter as a learner types it, from the repository root. `bash course.sh`
+# installs into .venv and never activates it (AutoDL's own `python` has no `helpers`, and the
+# `vllm` console script is not on PATH), so every recipe names this interpreter explicitly.
+COURSE_PYTHON = ".venv/bin/python"
+
+
+def course_command(module: str) -> str:
+    """``"helpers.smoke"`` -> ``".venv/bin/python -m helpers.smoke"``: a command as a learner
+    types it in a terminal at the repository root (argparse ``prog``, usage lines, hints)."""
+    return f"{COURSE_PYTHON} -m {module}"
 
 
 class Terminated(SystemExit):

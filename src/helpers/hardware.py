@@ -208,13 +208,15 @@ def _probe_nvml() -> tuple[list[GpuInfo], str]:
     return gpus, "" if gpus else "NVML lists no GPU"
 
 
-def _run_nvidia_smi(executable: str, fields: Sequence[str]) -> tuple[list[list[str]] | None, str]:
-    """Rows of ``--query-gpu`` (one value per field), or None and the tool's first line of complaint."""
+def nvidia_smi(*args: str) -> tuple[str | None, str]:
+    """Run ``nvidia-smi ARGS``: its stdout, or None and one line saying why not (not on PATH,
+    no answer within 20 s, or the tool's first line of complaint). The one place the course
+    runs it: detection here, :mod:`helpers.gpu_memory` and :mod:`helpers.preflight` too."""
+    executable = shutil.which("nvidia-smi")
+    if executable is None:
+        return None, "nvidia-smi is not on PATH (no NVIDIA driver installed, or not visible in this container)"
     try:
-        done = subprocess.run(
-            [executable, f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits"],
-            capture_output=True, text=True, timeout=20,
-        )
+        done = subprocess.run([executable, *args], capture_output=True, text=True, timeout=20)
     except subprocess.TimeoutExpired:
         return None, "nvidia-smi did not answer within 20 s"
     except OSError as exc:
@@ -222,7 +224,23 @@ def _run_nvidia_smi(executable: str, fields: Sequence[str]) -> tuple[list[list[s
     if done.returncode != 0:
         lines = [line.strip() for line in (done.stderr + "\n" + done.stdout).splitlines() if line.strip()]
         return None, f"nvidia-smi failed (exit {done.returncode}): {lines[0] if lines else 'no message'}"
-    rows = [line.split(",", len(fields) - 1) for line in done.stdout.splitlines()]  # the name (last) may hold a comma
+    return done.stdout, ""
+
+
+def nvidia_smi_csv(*args: str) -> tuple[list[list[str]] | None, str]:
+    """``nvidia-smi ARGS --format=csv,noheader,nounits`` as rows of stripped values."""
+    out, error = nvidia_smi(*args, "--format=csv,noheader,nounits")
+    if out is None:
+        return None, error
+    return [[value.strip() for value in line.split(",")] for line in out.splitlines() if line.strip()], ""
+
+
+def _run_nvidia_smi(fields: Sequence[str]) -> tuple[list[list[str]] | None, str]:
+    """Rows of ``--query-gpu`` (one value per field), or None and why not."""
+    out, error = nvidia_smi(f"--query-gpu={','.join(fields)}", "--format=csv,noheader,nounits")
+    if out is None:
+        return None, error
+    rows = [line.split(",", len(fields) - 1) for line in out.splitlines()]  # the name (last) may hold a comma
     return [[value.strip() for value in row] for row in rows if len(row) == len(fields)], ""
 
 
@@ -241,14 +259,11 @@ def _smi_number(value: str | None) -> float | None:
 def _probe_nvidia_smi() -> tuple[list[GpuInfo], str]:
     """GPUs through ``nvidia-smi``. Drivers older than ~510 refuse the ``compute_cap`` field
     (``Field "compute_cap" is not a valid field to query``): then it is asked for without it."""
-    executable = shutil.which("nvidia-smi")
-    if executable is None:
-        return [], "nvidia-smi is not on PATH (no NVIDIA driver installed, or not visible in this container)"
     fields = ["index", "memory.total", "driver_version", "compute_cap", "name"]
-    rows, error = _run_nvidia_smi(executable, fields)
+    rows, error = _run_nvidia_smi(fields)
     if rows is None:
         fields.remove("compute_cap")
-        rows, error = _run_nvidia_smi(executable, fields)
+        rows, error = _run_nvidia_smi(fields)
     if rows is None:
         return [], error
     gpus = []

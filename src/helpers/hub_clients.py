@@ -6,13 +6,18 @@ SHA-256 and resume ``.incomplete`` files themselves. What this module adds is tr
 each library's many exception types (``requests``, ``httpx``, their own hierarchies) become
 one :class:`DownloadError` or :class:`ModelFilesError` that says what happened and what to do.
 :func:`check_reachable` fails in seconds where the clients would retry for minutes.
+:func:`list_hub_files` asks a hub for its listing of a repository: every file with the size and
+hash that a download must reproduce (see :mod:`helpers.download.compare`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import socket
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,7 +25,8 @@ from urllib.parse import urlsplit
 from .errors import CourseError, DownloadError, ModelFilesError
 from .hubs import EXAMPLE_MODEL_ID, HUB_LABELS, endpoint_overridden, endpoint_variable, forget_modelscope_config, model_page
 
-__all__ = ["CONNECT_TIMEOUT_S", "check_reachable", "fetch_snapshot", "unreachable"]
+__all__ = ["CONNECT_TIMEOUT_S", "HubFile", "check_reachable", "fetch_snapshot", "list_hub_files",
+           "unreachable"]
 
 #: Seconds to wait for a TCP connection to the hub before reporting it unreachable.
 CONNECT_TIMEOUT_S = 5.0
@@ -32,6 +38,27 @@ def fetch_snapshot(hub: str, model_id: str, target: Path, revision: str | None, 
         _modelscope_download(model_id, target, revision, endpoint)
     else:
         _huggingface_download(model_id, target, revision, endpoint)
+
+
+@dataclass(frozen=True)
+class HubFile:
+    """One file of a repository as the hub lists it: what a complete download reproduces."""
+
+    path: str  # POSIX path inside the repository
+    size: int
+    sha256: str | None  # ModelScope: every file; Hugging Face: files stored with LFS (weights)
+    git_sha1: str | None = None  # Hugging Face: the git blob id, the only hash of its small files
+
+
+def list_hub_files(hub: str, model_id: str, revision: str | None, endpoint: str) -> list[HubFile]:
+    """The hub's own listing of ``model_id``: path, size and hash of every file (not folders).
+
+    The same listing the hub client checks each downloaded file against. ``hub`` is a
+    normalized name; errors become :class:`DownloadError` as for a download.
+    """
+    if hub == "modelscope":
+        return _modelscope_listing(model_id, revision, endpoint)
+    return _huggingface_listing(model_id, revision, endpoint)
 
 
 # -- messages ------------------------------------------------------------------------------
@@ -163,15 +190,58 @@ def _translate_modelscope_error(
     )
 
 
+def _modelscope_listing(model_id: str, revision: str | None, endpoint: str) -> list[HubFile]:
+    from modelscope_hub.api import HubApi  # the legacy modelscope.hub.api listing drops the hashes
+
+    forget_modelscope_config()
+    api = HubApi(endpoint=endpoint) if endpoint_overridden("modelscope") else HubApi()
+    try:
+        entries = api.list_repo_files(model_id, "model", revision=revision, recursive=True)
+    except Exception as exc:  # translated into one actionable course error
+        import requests
+        from modelscope_hub import errors as mserr
+
+        if isinstance(exc, CourseError):
+            raise
+        if _status_of(exc) in (401, 403, 404) or isinstance(exc, mserr.NotExistError):
+            raise _not_found("modelscope", endpoint, model_id, revision) from exc
+        if isinstance(exc, (requests.ConnectionError, requests.Timeout, ConnectionError, TimeoutError)):
+            raise unreachable("modelscope", endpoint, _one_line(getattr(exc, "message", exc))[:160]) from exc
+        raise DownloadError(
+            f"Listing the files of {model_id!r} on ModelScope at {endpoint} failed: "
+            f"{type(exc).__name__}: {_one_line(exc)}. Run it again in a moment."
+        ) from exc
+    return [HubFile(e.path, int(e.size), e.sha256 or None) for e in entries if not e.is_dir and e.path]
+
+
 # -- Hugging Face --------------------------------------------------------------------------
 def _huggingface_download(model_id: str, target: Path, revision: str | None, endpoint: str) -> None:
     import huggingface_hub
-    from huggingface_hub import errors as hferr
 
-    try:
+    resume = f"Re-run download_model({model_id!r}, {str(target)!r}, hub='huggingface') to resume."
+    with _huggingface_errors(model_id, revision, endpoint, "Downloading", resume):
         huggingface_hub.snapshot_download(
             repo_id=model_id, local_dir=str(target), revision=revision, endpoint=endpoint
         )
+
+
+def _huggingface_listing(model_id: str, revision: str | None, endpoint: str) -> list[HubFile]:
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    with _huggingface_errors(model_id, revision, endpoint, "Listing the files of", "Run it again in a moment."):
+        entries = list(HfApi(endpoint=endpoint).list_repo_tree(model_id, recursive=True, revision=revision))
+    return [HubFile(e.path, int(e.size), e.lfs.sha256 if e.lfs else None, e.blob_id)
+            for e in entries if isinstance(e, RepoFile)]
+
+
+@contextlib.contextmanager
+def _huggingface_errors(model_id: str, revision: str | None, endpoint: str, doing: str, remedy: str) -> Iterator[None]:
+    """Turn huggingface_hub's (and httpx's) exceptions into one actionable course error."""
+    from huggingface_hub import errors as hferr
+
+    try:
+        yield
     except hferr.GatedRepoError as exc:  # subclass of RepositoryNotFoundError: catch it first
         raise DownloadError(
             f"Model {model_id!r} on Hugging Face ({endpoint}) is gated: accept its license on "
@@ -186,8 +256,7 @@ def _huggingface_download(model_id: str, target: Path, revision: str | None, end
         if _status_of(exc) in (401, 404):
             raise _not_found("huggingface", endpoint, model_id, revision) from exc
         raise DownloadError(
-            f"Downloading {model_id!r} from Hugging Face at {endpoint} failed: {_one_line(exc)}. "
-            f"Re-run download_model({model_id!r}, {str(target)!r}, hub='huggingface') to resume."
+            f"{doing} {model_id!r} from Hugging Face at {endpoint} failed: {_one_line(exc)}. {remedy}"
         ) from exc
     except Exception as exc:
         if type(exc).__module__.startswith(("httpx", "httpcore")):

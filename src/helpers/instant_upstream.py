@@ -7,7 +7,7 @@ model: every token is the same word, and it must never stand in for vLLM in a le
 
 ::
 
-    python -m helpers.instant_upstream --port 9000 [--model instant]
+    .venv/bin/python -m helpers.instant_upstream --port 9000 [--model instant]
 
 ``GET /v1/models``, ``POST /v1/completions`` and ``POST /v1/chat/completions`` (streaming or
 not, ``stream_options.include_usage`` honoured, ``return_token_ids`` shapes the chunks as
@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import process
+from .cli_args import course_command, exit_with
 from .engine_log import LOG_DIR
 from .errors import CourseError
 from .ports import free_port
 
+PROG = course_command("helpers.instant_upstream")
 MODEL = "instant"
 MAX_TOKENS = 4096
 TOKEN_ID, TOKEN_TEXT = 1000, " word"
@@ -134,7 +136,7 @@ class InstantUpstream:
 def main(argv: Sequence[str] | None = None) -> int:
     from aiohttp import web
 
-    parser = argparse.ArgumentParser(prog="python -m helpers.instant_upstream", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--model", default=MODEL)
@@ -145,6 +147,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .cli_args import exit_with
-
-    exit_with(main, "python -m helpers.instant_upstream")
+    exit_with(main, PROG)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cli_args import course_command
 from .download_marker import MARKER_NAME, marker_model_id
 from .errors import ModelFilesError
 from .model_config import config_value, read_config, read_json, stored_dtype
@@ -73,7 +74,7 @@ def _fetch_hint(path: Path) -> str:
     shown = _MODEL_ID.get() or marker_model_id(path) or "MODEL_ID"
     return (
         f"Fetch it again with download_model({shown!r}, {str(path)!r}) (notebook 01_download_model) "
-        f"or `python -m helpers.download {shown} --local-dir {path}`."
+        f"or `{course_command('helpers.download')} {shown} --local-dir {path}`."
     )
 
 

@@ -39,7 +39,7 @@ from typing import Any, Mapping, Sequence
 
 from . import process
 from .engine_log import LOG_DIR
-from .errors import ServerError
+from .errors import ServerError, SettingsError
 from .ports import DEFAULT_HOST, busy_port_message, connect_host, free_port, port_is_free
 from .server_command import (API_SERVER_MODULE, cli_args, describe_change, format_command, option_values,
                              server_command)
@@ -50,7 +50,6 @@ from .settings import Settings
 __all__ = ["API_SERVER_MODULE", "VLLMServer", "cli_args", "format_command", "free_port", "running_server_pids",
            "server_command", "servers_started_here", "start_server", "stop_all"]
 
-DEFAULT_TIMEOUT_S = 180.0
 STOP_GRACE_S = 12.0
 PROGRESS_EVERY_S = 10.0
 
@@ -120,7 +119,8 @@ def servers_started_here() -> list[tuple[int, int]]:
 class VLLMServer:
     """A vLLM OpenAI-compatible server started from :class:`helpers.settings.Settings`.
 
-    ``port=None`` picks a free port; a fixed port that something else listens on raises
+    ``timeout=None`` waits :attr:`~helpers.settings.Settings.startup_timeout_s` (from the
+    model's size and the device). ``port=None`` picks a free port; a fixed port that something else listens on raises
     :class:`~helpers.errors.ServerError` before anything is started. The server needs a key
     exactly when ``api_key`` is given (an exported ``VLLM_API_KEY`` is not passed on). ``env``
     adds environment variables on top of ``settings.vllm_environment()``. ``command`` replaces
@@ -137,7 +137,7 @@ class VLLMServer:
     def __init__(self, settings: Settings, *, host: str = DEFAULT_HOST, port: int | None = None,
                  api_key: str | None = None, extra_args: Sequence[str] = (),
                  env: Mapping[str, str] | None = None, log_path: str | Path | None = None,
-                 timeout: float = DEFAULT_TIMEOUT_S, progress: bool = True,
+                 timeout: float | None = None, progress: bool = True,
                  command: Sequence[str] | None = None, exclusive: bool = True) -> None:
         if port is not None and not 0 < int(port) < 65536:
             raise ServerError(f"port={port} is not a TCP port: use 1-65535, or port=None for a free one.")
@@ -147,7 +147,7 @@ class VLLMServer:
         self.api_key = api_key or None
         self.extra_args = tuple(str(arg) for arg in extra_args)
         self.env = {**settings.vllm_environment(), **dict(env or {})}
-        self.timeout = float(timeout)
+        self.timeout = settings.startup_timeout_s if timeout is None else float(timeout)
         self.progress = progress
         self.exclusive = exclusive
         self._custom_command = None if command is None else [str(arg) for arg in command]
@@ -322,6 +322,14 @@ class VLLMServer:
 
     def _spawn(self, config: tuple, port: int) -> _Launch:
         command = self.command_for(port)
+        if self._custom_command is None:
+            # on a GPU: the engine's share of the card must be free, else one line naming who holds it
+            from .engines import ensure_room
+
+            try:
+                ensure_room(self.settings, f"the vLLM server on port {port}", env={**os.environ, **self.env})
+            except SettingsError as exc:
+                raise ServerError(str(exc)) from None
         name = re.sub(r"[^\w.-]+", "_", self.served_model_name)
         log_path = self._log_path or LOG_DIR / f"server-{name}-{port}-{time.strftime('%Y%m%d-%H%M%S')}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}

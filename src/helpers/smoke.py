@@ -1,9 +1,9 @@
 """Serve smoke test: start vLLM's OpenAI-compatible server, hit four endpoints, stop it.
 
-Used in notebook 03 and from a terminal::
+Used in notebook 03 and from a terminal (in the repository root)::
 
-    python -m helpers.smoke /root/autodl-tmp/models/Qwen2.5-7B-Instruct --port 8000
-    python -m helpers.smoke models/tiny-qwen2 --port 0          # CPU, any free port
+    .venv/bin/python -m helpers.smoke /root/autodl-tmp/models/Qwen2.5-7B-Instruct --port 8000
+    .venv/bin/python -m helpers.smoke models/tiny-qwen2 --port 0          # CPU, any free port
 
 It prints the configuration and the exact server command, starts the server (progress every
 10 s, log in a file), runs four tests (list models, completions, chat completions, streaming),
@@ -31,22 +31,34 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .cli_args import EXIT_INTERRUPTED, EXIT_TERMINATED, OneLineParser, Terminated, exit_with, number, sigterm_raises
+from .cli_args import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    OneLineParser,
+    Terminated,
+    course_command,
+    exit_with,
+    number,
+    sigterm_raises,
+)
 from .engine_log import LOG_DIR
 from .errors import CourseError, SettingsError
-from .hardware import detect_cpu, detect_gpus, dtype_for_compute_capability
+from .device import installed_vllm_build, resolve_device
+from .hardware import detect_cpu, dtype_for_compute_capability, probe_gpus
 from .model_config import stored_dtype_of
-from .settings import DTYPES, Settings, get_settings, replace
+from .overrides import DTYPES
+from .settings import Settings, get_settings, replace
 
 TESTS = ("list models", "completions", "chat completions", "streaming")
 MAX_TOKENS = 16
 PROMPT = "The capital of France is"
 QUESTION = "Say hello in five words."
-EXAMPLES = """\
-examples:
-  python -m helpers.smoke /root/autodl-tmp/models/Qwen2.5-7B-Instruct
-  python -m helpers.smoke Qwen/Qwen2.5-0.5B-Instruct --max-len 2048 --port 8001
-  python -m helpers.smoke models/tiny-qwen2 --port 0 --api-key secret
+PROG = course_command("helpers.smoke")
+EXAMPLES = f"""\
+examples (in the repository root):
+  {PROG} /root/autodl-tmp/models/Qwen2.5-7B-Instruct
+  VLLM_USE_MODELSCOPE=True {PROG} Qwen/Qwen2.5-0.5B-Instruct --max-len 2048 --port 8001
+  {PROG} models/tiny-qwen2 --port 0 --api-key secret
 
 exit codes: 0 all 4 tests passed, 1 start-up or a test failed, 2 invalid arguments,
 130 interrupted (Ctrl+C), 143 terminated (SIGTERM). The server is stopped in every case; its log file is printed above.
@@ -55,7 +67,7 @@ exit codes: 0 all 4 tests passed, 1 start-up or a test failed, 2 invalid argumen
 
 def build_parser() -> OneLineParser:
     parser = OneLineParser(
-        prog="python -m helpers.smoke",
+        prog=PROG,
         description=textwrap.fill(
             "Start vLLM's OpenAI-compatible server for MODEL (python -m vllm.entrypoints.openai.api_server), "
             "wait until GET /v1/models lists the model, run four tests (list models, completions, chat completions, "
@@ -65,7 +77,8 @@ def build_parser() -> OneLineParser:
     )
     parser.add_argument("model", metavar="MODEL",
                         help="local model directory (must contain config.json) or a hub id such as "
-                             "Qwen/Qwen2.5-0.5B-Instruct (passed to vLLM as it is)")
+                             "Qwen/Qwen2.5-0.5B-Instruct (passed to vLLM as it is: vLLM downloads it from "
+                             "Hugging Face, or from ModelScope with VLLM_USE_MODELSCOPE=True)")
     parser.add_argument("--port", type=number(int, minimum=0, maximum=65535, what="port", note=" (0 picks a free port)"),
                         default=8000,
                         help="port on 127.0.0.1 to serve on; 0 picks a free one (default: %(default)s)")
@@ -81,8 +94,9 @@ def build_parser() -> OneLineParser:
                         help="weights/activations dtype; auto picks bfloat16 or float16 on GPU and "
                              "bfloat16 or float32 on CPU from the hardware and config.json (default: %(default)s)")
     parser.add_argument("--timeout", type=number(float, minimum=0, exclusive_minimum=True, what="number of seconds"),
-                        default=180.0, metavar="SECONDS",
-                        help="how long to wait for the server to become healthy (default: %(default)s)")
+                        default=None, metavar="SECONDS",
+                        help="how long to wait for the server to become healthy (default: from the model's size "
+                             "and the device, 180 s for a small model on a CPU, ~450 s for a 7B model on a GPU)")
     parser.add_argument("--api-key", default=None, metavar="KEY",
                         help="start the server with --api-key KEY and send it with every request (default: no key)")
     parser.add_argument("--served-model-name", default=None, metavar="NAME",
@@ -156,7 +170,7 @@ def smoke_settings(args: argparse.Namespace, *, model: str, served: str, dtype: 
         "COURSE_MODEL_ID": model, "COURSE_MODEL_DIR": model, "COURSE_SERVED_MODEL_NAME": served,
         "COURSE_DTYPE": dtype, "COURSE_MAX_MODEL_LEN": str(args.max_len),
         "COURSE_GPU_MEMORY_UTILIZATION": str(args.gpu_util), "COURSE_ENFORCE_EAGER": "1" if enforce_eager else "0",
-        "COURSE_TENSOR_PARALLEL_SIZE": str(args.gpus if gpus else 1),
+        "COURSE_TENSOR_PARALLEL_SIZE": str(args.gpus if gpus else 1), "COURSE_DEVICE": "cuda" if gpus else "cpu",
     }
     if not gpus:
         overrides["COURSE_CPU_KVCACHE_SPACE"] = kv_space.strip()
@@ -164,7 +178,7 @@ def smoke_settings(args: argparse.Namespace, *, model: str, served: str, dtype: 
         settings = get_settings("gpu" if gpus else "cpu", env=overrides)
     except SettingsError as exc:
         parser.error(str(exc))
-    return replace(settings, reason="python -m helpers.smoke")
+    return replace(settings, reason=PROG)
 
 
 # -- the four tests ------------------------------------------------------------------------
@@ -241,7 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     model, local = validate_model(parser, args.model)
-    gpus = detect_gpus()
+    try:
+        device = resolve_device(os.environ, probe_gpus(), installed_vllm_build())
+    except SettingsError as exc:
+        parser.error(str(exc))
+    gpus = probe_gpus().gpus if device.device == "cuda" else ()
     gpu_note = _count_gpus_note(args, gpus, parser)
     kv_space = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
     if not gpus and not re.fullmatch(r"[1-9]\d*", kv_space.strip()):
@@ -273,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("gpu util", f"{args.gpu_util}" if gpus else f"{args.gpu_util} (ignored on CPU; KV cache VLLM_CPU_KVCACHE_SPACE={kv_space} GiB)"),
         ("eager", f"{'on' if enforce_eager else 'off'}" + (" (default on CPU)" if args.enforce_eager is None and not gpus else "")),
         ("api key", "set" if args.api_key else "none"),
-        ("timeout", f"{args.timeout:.0f} s"),
+        ("timeout", f"{server.timeout:.0f} s" + ("" if args.timeout else " (from the model's size and the device)")),
         ("environment", " ".join(f"{k}={v}" for k, v in server.env.items()) + (
             f" (inherited: {' '.join(f'{k}={v}' for k, v in inherited.items())})" if inherited else "") or "(nothing extra)"),
         ("log", str(log_path)),
@@ -294,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 1
             from .clients import openai_client
 
-            client = openai_client(server, timeout=max(60.0, args.timeout))
+            client = openai_client(server, timeout=max(60.0, server.timeout))
             print(f"running {len(TESTS)} tests against {server.url_for('v1')}", flush=True)
             passed = run_tests(client, served)
             print(f"{passed}/{len(TESTS)} passed")
@@ -309,4 +327,4 @@ def main(argv: Sequence[str] | None = None) -> int:
             server.stop()  # says "stopping the vLLM server on port ..." when it is running
 
 if __name__ == "__main__":
-    exit_with(main, "python -m helpers.smoke")
+    exit_with(main, PROG)

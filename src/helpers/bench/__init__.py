@@ -9,8 +9,8 @@
 * :mod:`.report` and :mod:`.plots` - tables, conclusions and plots computed from the records;
 * :mod:`.gateway` - what the API gateway of notebook 05 adds: the same streams direct and through it.
 
-From a terminal: ``python -m helpers.bench offline ...`` / ``serve ...`` / ``gateway ...`` / ``show ...``
-(see :mod:`.cli`). Importing this package does not import torch, transformers or vLLM.
+From a terminal: ``.venv/bin/python -m helpers.bench offline ...`` / ``serve ...`` / ``gateway ...`` /
+``show ...`` (see :mod:`.cli`). Importing this package does not import torch, transformers or vLLM.
 """
 
 from ..errors import BenchConfigError, BenchError

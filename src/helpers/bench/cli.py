@@ -1,16 +1,16 @@
-"""Command line for instructors: ``python -m helpers.bench offline|serve|show``.
+"""Command line for instructors: ``.venv/bin/python -m helpers.bench offline|serve|gateway|show``.
 
 ::
 
-    python -m helpers.bench offline [--profile smol] [--mode fixed|mixed] [--num-prompts 25,100,200]
+    .venv/bin/python -m helpers.bench offline [--profile smol] [--mode fixed|mixed] [--num-prompts 25,100,200]
         [--input-len 64] [--output-len 128] [--hf-batch-sizes 1,8,32,all] [--engines vllm,hf]
         [--sort-by-length] [--repeats N] [--timeout S] [--out results/x.json] [--images DIR | --no-plots]
-    python -m helpers.bench serve [--base-url http://127.0.0.1:8000 --model NAME] [--profile smol]
+    .venv/bin/python -m helpers.bench serve [--base-url http://127.0.0.1:8000 --model NAME] [--profile smol]
         [--concurrency 1,2,4,8,16,32] [--requests-per-level 32] [--input-len 64] [--output-len 128]
         [--out ...] [--images DIR | --no-plots]          # no --base-url: starts a server itself
-    python -m helpers.bench gateway [--upstreams instant,vllm] [--concurrency 1,8,32] [--rounds 3]
+    .venv/bin/python -m helpers.bench gateway [--upstreams instant,vllm] [--concurrency 1,8,32] [--rounds 3]
         [--requests-per-level 64] [--input-len 32] [--output-len 64]   # what the API gateway adds (05)
-    python -m helpers.bench show results/offline-....json   # table, conclusions and plots again
+    .venv/bin/python -m helpers.bench show results/offline-....json   # table, conclusions and plots again
 
 Each prints the same tables, writes the JSON records and the plots. Whatever goes wrong is one
 line on stderr, never a traceback, with the exit status of :data:`EXIT_STATUS` (also in
@@ -25,10 +25,20 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from ..cli_args import EXIT_INTERRUPTED, EXIT_TERMINATED, OneLineParser, Terminated, comma_list, number, one_of, sigterm_raises
+from ..cli_args import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    OneLineParser,
+    Terminated,
+    comma_list,
+    course_command,
+    number,
+    one_of,
+    sigterm_raises,
+)
 from ..settings import PROFILES
 
-PROG = "python -m helpers.bench"
+PROG = course_command("helpers.bench")
 
 EXIT_STATUS = """exit status:
   0    done

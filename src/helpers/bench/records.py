@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..cli_args import course_command
 from ..errors import BenchConfigError
 
 Record = dict[str, Any]
@@ -46,7 +47,10 @@ def default_results_dir() -> Path:
 
 
 def default_images_dir() -> Path:
-    return repo_root() / "images"
+    """``images/`` of the checkout, where a deliberate notebook run stores its figures; the test
+    suite sets ``COURSE_IMAGES_DIR`` to a temporary folder, so a test run never rewrites them."""
+    override = os.environ.get("COURSE_IMAGES_DIR", "").strip()
+    return Path(override) if override else repo_root() / "images"
 
 
 def timestamp() -> str:
@@ -82,7 +86,7 @@ def results_files(path: str | Path) -> list[Path]:
     path = Path(path)
     files = sorted(path.glob("*.json")) if path.is_dir() else [path]
     if not files or not files[0].is_file():
-        raise BenchConfigError(f"No benchmark results at {path}: run `python -m helpers.bench offline` first.")
+        raise BenchConfigError(f"No benchmark results at {path}: run `{course_command('helpers.bench')} offline` first.")
     return files
 
 

@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..cli_args import course_command
 from ..errors import BenchConfigError, BenchError
 from ..settings import Settings, get_settings
 from .loop import run_sync
@@ -111,8 +112,8 @@ def check_server(base_url: str, model: str | None = None, *, timeout: float = CH
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
         raise BenchError(f"No OpenAI-compatible server answers at {url} within {timeout:g} s ({reason}). "
-                         "Start one (notebook 03, or `python -m helpers.bench serve` without --base-url "
-                         "starts one) and check the host and port.") from None
+                         f"Start one (notebook 03, or `{course_command('helpers.bench')} serve` without "
+                         "--base-url starts one) and check the host and port.") from None
     names = [item.get("id") for item in body.get("data", []) if isinstance(item, dict)]
     if model is not None and model not in names:
         raise BenchConfigError(f"model {model!r} is not served at {url}; it serves: {', '.join(map(str, names)) or 'nothing'}")

@@ -1,8 +1,8 @@
-"""``python -m helpers.deploy``: check a ``.env``, or run a service from it (notebook 06).
+"""``.venv/bin/python -m helpers.deploy``: check a ``.env``, or run a service from it (notebook 06).
 
-    python -m helpers.deploy check --env deploy/.env     # validate, print the vLLM and gateway commands
-    python -m helpers.deploy exec vllm                   # in a container: become the vLLM server
-    python -m helpers.deploy exec gateway --upstream http://vllm:8000
+    .venv/bin/python -m helpers.deploy check --env deploy/.env   # validate, print the vLLM and gateway commands
+    python3 -m helpers.deploy exec vllm                  # in a container: become the vLLM server
+    python3 -m helpers.deploy exec gateway --upstream http://vllm:8000
 
 ``exec`` reads the variables from its environment (compose passes the ``.env`` with
 ``env_file:``) and replaces itself with the command (``os.execvpe``), so the server is the
@@ -14,12 +14,14 @@ from __future__ import annotations
 import os
 import sys
 
-from ..cli_args import OneLineParser, exit_with, one_of
+from ..cli_args import OneLineParser, course_command, exit_with, one_of
 from ..errors import CourseError
 from ..server_command import format_command
 from .config import KNOWN, DeployConfig
 
-PROG = "python -m helpers.deploy"
+PROG = course_command("helpers.deploy")
+# ``exec`` runs in the compose containers (deploy/docker-compose.yml's entrypoint), not in .venv
+CONTAINER_PROG = "python3 -m helpers.deploy exec"
 
 
 def parser() -> OneLineParser:
@@ -61,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             command, extra = config.gateway_command(args.upstream), config.gateway_environment()
     except CourseError as exc:
-        print(f"{PROG}: {exc}", file=sys.stderr)
+        print(f"{CONTAINER_PROG} {args.service}: {exc}", file=sys.stderr)
         return 2
     print("starting: " + _shown(config, command, extra), flush=True)
     # The .env's own names stay out of the service's environment: VLLM_PORT and VLLM_HOST mean

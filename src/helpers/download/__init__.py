@@ -8,12 +8,13 @@ verifies, calling it again returns at once, without any network request.
 
 From a shell (see :mod:`helpers.download.cli`; exit statuses in ``--help``)::
 
-    python -m helpers.download Qwen/Qwen2.5-7B-Instruct --local-dir models/Qwen2.5-7B-Instruct
+    .venv/bin/python -m helpers.download Qwen/Qwen2.5-7B-Instruct --local-dir models/Qwen2.5-7B-Instruct
 
 Where the pieces live: the hubs and their endpoints in :mod:`helpers.hubs`, the two hub
 clients and their errors in :mod:`helpers.hub_clients`, checking a folder in
 :mod:`helpers.model_files`, the marker in :mod:`helpers.download_marker`. This module
-only orchestrates them.
+only orchestrates them. Comparing a folder with the hub's listing is
+:mod:`helpers.download.compare`; counting connections, :mod:`helpers.connections`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import logging
 import os
 from pathlib import Path
 
+from ..connections import connections_opened
 from ..download_marker import MARKER_NAME, marker_matches, remove_marker, write_marker
 from ..errors import DownloadError, ModelFilesError
 from ..hub_clients import check_reachable, fetch_snapshot
@@ -34,11 +36,15 @@ from ..model_files import (
     summarize_model,
     verify_model_dir,
 )
+from .compare import HubComparison, compare_with_hub
 
 __all__ = [  # the model-folder names are re-exported: notebook 01 imports them from here
     "MARKER_NAME",
+    "HubComparison",
     "VerifiedModel",
     "check_model_id",
+    "compare_with_hub",
+    "connections_opened",
     "download_model",
     "hub_endpoint",
     "read_safetensors_header",

@@ -1,4 +1,4 @@
-"""``python -m helpers.download [MODEL_ID] [--local-dir DIR] [--hub H] [--revision R]`` (notebook 01).
+"""``.venv/bin/python -m helpers.download [MODEL_ID] [--local-dir DIR] [--hub H] [--revision R]`` (notebook 01).
 
 Without ``MODEL_ID`` the model, folder and hub of the current course profile are used
 (:func:`helpers.settings.get_settings`). Whatever goes wrong is one line on stderr, never a
@@ -22,6 +22,7 @@ from ..cli_args import (
     EXIT_TERMINATED,
     EXIT_USAGE,
     OneLineParser,
+    course_command,
     Terminated,
     sigterm_raises,
 )
@@ -33,7 +34,7 @@ from . import download_model
 
 __all__ = ["EPILOG", "build_parser", "main"]
 
-PROG = "python -m helpers.download"
+PROG = course_command("helpers.download")
 EXIT_OK = 0
 EPILOG = f"""exit status:
   {EXIT_OK}    the model is complete in the folder (downloaded now or earlier)

@@ -1,6 +1,6 @@
-"""``python -m helpers.gateway``: the gateway as a command (notebook 05).
+"""``.venv/bin/python -m helpers.gateway``: the gateway as a command (notebook 05).
 
-    python -m helpers.gateway --upstream http://127.0.0.1:8000 --port 9000 --api-key-env GATEWAY_KEY
+    .venv/bin/python -m helpers.gateway --upstream http://127.0.0.1:8000 --port 9000 --api-key-env GATEWAY_KEY
 
 Keys are never given on the command line (``ps`` shows it to everyone): ``--api-key-env NAME``
 names an environment variable that holds a key. Prints one line once it serves; bad options,
@@ -15,12 +15,12 @@ import logging
 import os
 import sys
 
-from ..cli_args import EXIT_FAILURE, OneLineParser, exit_with, number, one_of
+from ..cli_args import EXIT_FAILURE, OneLineParser, course_command, exit_with, number, one_of
 from ..errors import GatewayError
 from ..ports import DEFAULT_HOST, connect_host, port_is_free
 from .config import DEFAULT_READ_TIMEOUT_S, DEFAULT_RETRIES, POLICIES, GatewayConfig
 
-PROG = "python -m helpers.gateway"
+PROG = course_command("helpers.gateway")
 KEEP_ALIVE_S = 5
 SHUTDOWN_GRACE_S = 3
 

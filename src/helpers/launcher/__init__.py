@@ -1,12 +1,13 @@
 """The launcher: vLLM (and the gateway) as background services without Docker (notebook 06).
 
-On machines where Docker cannot run (AutoDL containers), ``python -m helpers.launcher``
-does what ``docker compose up -d`` does elsewhere, from the same ``deploy/.env``:
+On machines where Docker cannot run (AutoDL containers), ``.venv/bin/python -m helpers.launcher``
+(or ``bash deploy/launch.sh``) does what ``docker compose up -d`` does elsewhere, from the same
+``deploy/.env``:
 
-    python -m helpers.launcher start --env deploy/.env [--gateway] [--wait 600]
-    python -m helpers.launcher status --env deploy/.env    # exit 0 ready, 1 unhealthy, 3 not running
-    python -m helpers.launcher logs --env deploy/.env [--service vllm] [-n 40] [--follow]
-    python -m helpers.launcher stop --env deploy/.env
+    .venv/bin/python -m helpers.launcher start --env deploy/.env [--gateway] [--wait 600]
+    .venv/bin/python -m helpers.launcher status --env deploy/.env    # exit 0 ready, 1 unhealthy, 3 not running
+    .venv/bin/python -m helpers.launcher logs --env deploy/.env [--service vllm] [-n 40] [--follow]
+    .venv/bin/python -m helpers.launcher stop --env deploy/.env
 
 ``start`` leaves a *supervisor* running detached (:mod:`.supervisor`): it survives the
 terminal or notebook that started it, restarts a service that crashes, and takes its

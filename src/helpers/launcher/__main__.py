@@ -1,4 +1,4 @@
-"""``python -m helpers.launcher start|stop|status|logs``: the launcher's command line (notebook 06).
+"""``.venv/bin/python -m helpers.launcher start|stop|status|logs``: the launcher's command line (notebook 06).
 
 Every error is one line on stderr (a failed start adds the service's log tail) and a defined
 exit code: 0 success, 1 failure, 2 a bad ``.env`` or option, 3 ``status``: nothing running,

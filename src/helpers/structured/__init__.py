@@ -8,13 +8,13 @@
 """
 
 from .offline import BatchRun, compare_constraints, constraint_table, plot_constraints
-from .tool_server import TOOL_CALL_PARSER, template_renders_tools, tool_server_args
+from .tool_server import TOOL_CALL_PARSER, template_is_chatml, template_renders_tools, tool_server_args
 from .tools import Tool, ToolLoopResult, ToolStep, execute_tool_call, run_tool_loop
 from .validity import OutputCheck, ValidityReport, check_output, validity_report, validity_table
 
 __all__ = [
     "BatchRun", "compare_constraints", "constraint_table", "plot_constraints",
-    "TOOL_CALL_PARSER", "template_renders_tools", "tool_server_args",
+    "TOOL_CALL_PARSER", "template_is_chatml", "template_renders_tools", "tool_server_args",
     "Tool", "ToolLoopResult", "ToolStep", "execute_tool_call", "run_tool_loop",
     "OutputCheck", "ValidityReport", "check_output", "validity_report", "validity_table",
 ]

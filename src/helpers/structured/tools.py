@@ -12,6 +12,11 @@ appends each result as a ``tool`` message (same ``tool_call_id``) and asks again
 model answers in text. A call that cannot be run (unknown tool, arguments that are not JSON or
 break the schema, a function that raised) is not a crash: its :class:`ToolCallError` message is
 sent back as the tool's result, so the model can correct itself, and it is kept in the steps.
+
+``max_tokens`` can cut a reply short (``finish_reason == "length"``). The result says so: a cut
+off final answer is ``result.cut_off`` (and "CUT OFF" in its printout), and a call whose
+arguments were cut off mid-JSON is a step with ``cut_off=True`` whose error says to raise
+``max_tokens``; it is not run.
 """
 
 from __future__ import annotations
@@ -76,8 +81,17 @@ def _by_name(tools: Sequence[Tool]) -> dict[str, Tool]:
     return {tool.name: tool for tool in tools}
 
 
-def execute_tool_call(tools: Sequence[Tool], name: str, arguments: str | Mapping[str, Any]) -> Any:
-    """Run the call ``name(**arguments)`` after checking it; raise :class:`ToolCallError` if it can't run."""
+#: The ``finish_reason`` of a reply that ``max_tokens`` cut short.
+CUT_OFF_REASON = "length"
+
+
+def execute_tool_call(tools: Sequence[Tool], name: str, arguments: str | Mapping[str, Any], *,
+                      cut_off: bool = False) -> Any:
+    """Run the call ``name(**arguments)`` after checking it; raise :class:`ToolCallError` if it can't run.
+
+    ``cut_off=True`` says the reply carrying the call stopped at ``max_tokens``: arguments that
+    are not JSON then get a message saying they were cut off, not that the model wrote bad JSON.
+    """
     known = _by_name(tools)
     tool = known.get(name)
     if tool is None:
@@ -89,6 +103,11 @@ def execute_tool_call(tools: Sequence[Tool], name: str, arguments: str | Mapping
         try:
             arguments = json.loads(arguments)
         except json.JSONDecodeError as error:
+            if cut_off:
+                raise ToolCallError(
+                    f"The arguments of {name} were cut off by max_tokens (the reply's finish_reason is "
+                    f"{CUT_OFF_REASON!r}) before their JSON object closed: {arguments[-200:]!r}. The call was "
+                    "not run: raise max_tokens, and bound long fields in the schema (maxLength).") from None
             raise ToolCallError(
                 f"The arguments of {name} are not JSON ({error.msg} at character {error.pos}): "
                 f"{arguments[:200]!r}. Serve tools with strict=True so vLLM constrains them.") from None
@@ -126,7 +145,11 @@ def check_tool_choice(tool_choice: Any, tools: Sequence[Tool]) -> None:
 
 @dataclass(frozen=True)
 class ToolStep:
-    """One call the model made: what it asked for and what it got back (``error`` if it failed)."""
+    """One call the model made: what it asked for and what it got back (``error`` if it failed).
+
+    ``cut_off``: its arguments were cut off by ``max_tokens`` (the reply ended with
+    ``finish_reason == "length"`` before their JSON closed), so it was not run.
+    """
 
     round: int
     call_id: str
@@ -134,11 +157,17 @@ class ToolStep:
     arguments: str
     result: str
     error: str | None = None
+    cut_off: bool = False
 
 
 @dataclass
 class ToolLoopResult:
-    """The whole exchange: ``messages`` as sent last, each call made, and the final answer."""
+    """The whole exchange: ``messages`` as sent last, each call made, and the final answer.
+
+    ``finish_reason`` is the final answer's; ``cut_off`` is true when that is ``"length"``: the
+    answer stopped at ``max_tokens`` and is incomplete. ``cut_off_steps`` lists the calls whose
+    arguments were cut off the same way.
+    """
 
     messages: list[dict[str, Any]]
     steps: list[ToolStep] = field(default_factory=list)
@@ -147,12 +176,35 @@ class ToolLoopResult:
     requests: int = 0
     forced_answer: bool = False
 
+    @property
+    def cut_off(self) -> bool:
+        """Whether the final answer was cut off by ``max_tokens`` (``finish_reason == "length"``)."""
+        return self.finish_reason == CUT_OFF_REASON
+
+    @property
+    def cut_off_steps(self) -> list[ToolStep]:
+        """The calls whose arguments ``max_tokens`` cut off (not run; their error says so)."""
+        return [step for step in self.steps if step.cut_off]
+
     def __str__(self) -> str:
         lines = [f"round {s.round}: {s.name}({s.arguments}) -> "
-                 + (f"ERROR {s.error}" if s.error else s.result) for s in self.steps]
+                 + ("CUT OFF by max_tokens (arguments incomplete), not run" if s.cut_off
+                    else f"ERROR {s.error}" if s.error else s.result)
+                 for s in self.steps]
         how = " (tools were switched off for it: max_rounds reached)" if self.forced_answer else ""
-        lines.append(f"answer after {self.requests} requests{how}: {self.answer!r}")
+        cut = (f", CUT OFF by max_tokens (finish_reason={CUT_OFF_REASON!r}): incomplete" if self.cut_off else "")
+        lines.append(f"answer after {self.requests} requests{how}{cut}: {self.answer!r}")
         return "\n".join(lines)
+
+
+def _is_json(text: Any) -> bool:
+    if not isinstance(text, str):
+        return True   # already parsed: nothing was cut
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 def _assistant_message(message: Any) -> dict[str, Any]:
@@ -171,7 +223,8 @@ def run_tool_loop(client: Any, model: str, messages: Sequence[Mapping[str, Any]]
 
     ``tool_choice`` applies to the first request only: later ones use ``auto`` (a forced choice
     would force a call every time). After ``max_rounds`` rounds of calls the last request is
-    sent with ``tool_choice="none"``, so the loop always ends with an answer.
+    sent with ``tool_choice="none"``, so the loop always ends with an answer. That answer may
+    be cut off by ``max_tokens``: check ``result.cut_off`` (its printout says so too).
     """
     if max_rounds < 1:
         raise ToolCallError(f"max_rounds={max_rounds}: allow at least one round of tool calls.")
@@ -195,15 +248,17 @@ def run_tool_loop(client: Any, model: str, messages: Sequence[Mapping[str, Any]]
             result.answer, result.finish_reason = choice_out.message.content, choice_out.finish_reason
             result.forced_answer = choice == "none" and round_number > max_rounds
             return result
+        reply_cut_off = choice_out.finish_reason == CUT_OFF_REASON
         for call in choice_out.message.tool_calls:
-            error = None
+            error, cut_off = None, False
             try:
-                value = execute_tool_call(tools, call.function.name, call.function.arguments)
+                value = execute_tool_call(tools, call.function.name, call.function.arguments, cut_off=reply_cut_off)
                 content = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
             except ToolCallError as exc:
                 error = str(exc)
+                cut_off = reply_cut_off and not _is_json(call.function.arguments)
                 content = json.dumps({"error": error}, ensure_ascii=False)
             result.messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
             result.steps.append(ToolStep(round_number, call.id, call.function.name,
-                                         call.function.arguments, content, error))
+                                         call.function.arguments, content, error, cut_off))
     raise AssertionError("unreachable: the last round either answers or raises")
