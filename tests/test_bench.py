@@ -284,10 +284,15 @@ def test_plots_draw_exactly_the_records(tmp_path):
     assert series["transformers batch all"] == {"num_prompts": [25], "output_tokens_per_s": [500.0]}
     assert plot.data["failed"] == ["transformers batch all at 100"]
     assert plot.data["log_y"] is True and plot.figure.axes[0].get_yscale() == "log"  # 100 .. 3000 tokens/s
-    drawn = {line.get_label(): list(line.get_ydata()) for line in plot.figure.axes[0].get_lines()}
+    drawn = {c.get_label(): list(c.lines[0].get_ydata()) for c in plot.figure.axes[0].containers}
     assert drawn["transformers batch 8"] == [400.0, 600.0]
+    # one repeat each: no spread, the error bars have zero length
+    assert plot.data["spread"]["vLLM"] == {"low": [1000.0, 3000.0], "high": [1000.0, 3000.0]}
+    assert "profile tiny" in plot.data["run"] and "25, 100 prompts" in plot.data["run"]
     speed = plot_speedup(OFFLINE, path=tmp_path / "s.png")
-    assert speed.data == {"num_prompts": [25, 100], "speedup": [2.0, 5.0], "best_hf_batch": ["all", "8"]}
+    assert {k: speed.data[k] for k in ("num_prompts", "speedup", "best_hf_batch", "low", "high")} == {
+        "num_prompts": [25, 100], "speedup": [2.0, 5.0], "best_hf_batch": ["all", "8"], "low": [2.0, 5.0],
+        "high": [2.0, 5.0]}
     assert [p.get_height() for p in speed.figure.axes[0].patches] == [2.0, 5.0]
     lat = plot_latency_throughput(SERVING, metric="tpot", path=tmp_path / "l.png")
     assert lat.data["concurrency"] == [1, 4, 8]
@@ -350,6 +355,20 @@ def tiny_server(tiny_model_dir):
 
     with VLLMServer(get_settings("tiny"), progress=False) as server:
         yield server
+
+
+@pytest.mark.vllm
+def test_harness_and_vllm_bench_serve_see_the_same_requests_and_tokens(tiny_server):
+    """vLLM's own ``vllm bench serve`` and the course's client on one server (issue 18): both
+    complete every request and count the same output tokens (the speed is not asserted)."""
+    from helpers.bench.vllm_tools import compare_serving
+
+    result = compare_serving(tiny_server.base_url, tiny_server.served_model_name, get_settings("tiny"),
+                             concurrency=2, num_prompts=6, input_len=16, output_len=8, rounds=1, timeout_s=300)
+    ours, theirs = result["harness"][0], result["vllm_bench"][0]
+    assert ours["completed"] == theirs["completed"] == 6
+    assert ours["output_tokens"] == theirs["output_tokens"] == 6 * 8
+    assert result["recipe"].startswith("vllm bench serve --backend vllm --base-url http://127.0.0.1:")
 
 
 @pytest.mark.vllm

@@ -96,8 +96,10 @@ def test_a_held_card_is_refused_naming_the_holder():
     assert gpu_memory().free_bytes >= before.free_bytes - GIB
 
 
-def test_the_benchmarks_transformers_side_runs_on_cuda(tmp_path):
-    """notebook 04's baseline worker on the GPU: tokens counted, memory measured on the card."""
+@pytest.mark.parametrize("variant", ["arrival", "sorted+eager", "sorted+static"])
+def test_the_benchmarks_transformers_side_runs_on_cuda(tmp_path, variant):
+    """notebook 04's baseline worker on the GPU, each variant it compares: tokens counted,
+    memory measured on the card."""
     pytest.importorskip("torch")
     from helpers.bench.prompts import Request
     from helpers.bench.worker import _hf_worker
@@ -108,9 +110,14 @@ def test_the_benchmarks_transformers_side_runs_on_cuda(tmp_path):
                        model_dir=tmp_path / "tiny")
     build_tiny_model(settings.model_dir)
     requests = [Request(tuple(range(5, 5 + 16 + i)), 32) for i in range(8)]
+    from helpers.bench.variants import HFVariant
+
+    how = HFVariant.parse(variant)
     result = _hf_worker(settings, [requests], {"temperature": 0.0, "seed": 0, "batch_size": 8,
-                                              "sort_by_length": False})
+                                              "sort_by_length": how.sort_by_length,
+                                              "attn_implementation": how.attn_implementation,
+                                              "cache_implementation": how.cache_implementation})
     run = result["runs"][0]
-    print(f"\ntransformers on {result['device']}: {run['generated_tokens']} tokens in {run['seconds']:.2f} s, "
+    print(f"\ntransformers ({variant}) on {result['device']}: {run['generated_tokens']} tokens in {run['seconds']:.2f} s, "
           f"peak {result['peak_memory_bytes'] / 2**20:.0f} MiB ({result['memory_source']})")
     assert result["device"] == "cuda" and run["generated_tokens"] == 8 * 32

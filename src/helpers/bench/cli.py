@@ -4,7 +4,7 @@
 
     .venv/bin/python -m helpers.bench offline [--profile smol] [--mode fixed|mixed] [--num-prompts 25,100,200]
         [--input-len 64] [--output-len 128] [--hf-batch-sizes 1,8,32,all] [--engines vllm,hf]
-        [--sort-by-length] [--repeats N] [--timeout S] [--out results/x.json] [--images DIR | --no-plots]
+        [--hf-variants arrival,sorted+eager] [--vllm-modes in-process,engine-process] [--repeats N] [--timeout S] [--out results/x.json] [--images DIR | --no-plots]
     .venv/bin/python -m helpers.bench serve [--base-url http://127.0.0.1:8000 --model NAME] [--profile smol]
         [--concurrency 1,2,4,8,16,32] [--requests-per-level 32] [--input-len 64] [--output-len 128]
         [--out ...] [--images DIR | --no-plots]          # no --base-url: starts a server itself
@@ -58,6 +58,27 @@ def _batch_size(text: str) -> int | str:
     return "all" if text.strip().lower() == "all" else _batch_size_number(text)
 
 
+def _hf_variant(text: str) -> str:
+    """A transformers variant (``sorted+eager``), written the one way."""
+    from ..errors import BenchConfigError
+    from .variants import hf_variant_label
+
+    try:
+        return hf_variant_label(text)
+    except BenchConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _engine_mode(text: str) -> str:
+    from ..errors import BenchConfigError
+    from .variants import engine_mode
+
+    try:
+        return engine_mode(text)
+    except BenchConfigError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser() -> OneLineParser:
     layout = dict(epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser = OneLineParser(prog=PROG, description="Honest vLLM vs transformers benchmarks (notebook 04).", **layout)
@@ -87,8 +108,11 @@ def build_parser() -> OneLineParser:
                      default=[1, 8, 32, "all"], help="e.g. 1,8,32,all")
     off.add_argument("--engines", type=comma_list(one_of(("vllm", "hf"), what="engine"), example="vllm,hf"),
                      default=["vllm", "hf"], help="vllm,hf (default both)")
-    off.add_argument("--sort-by-length", action="store_true",
-                     help="let transformers batch requests sorted by length (recorded; default arrival order)")
+    off.add_argument("--hf-variants", type=comma_list(_hf_variant, example="arrival,sorted,sorted+eager"),
+                     default=["arrival"], help="how transformers batches and attends: arrival|sorted[+sdpa|eager|"
+                     "flash_attention_2][+dynamic|static], comma-separated (default arrival)")
+    off.add_argument("--vllm-modes", type=comma_list(_engine_mode, example="in-process,engine-process"),
+                     default=[], help="vLLM engine modes to run: in-process, engine-process (default: the profile's)")
     off.add_argument("--timeout", type=_seconds, help="seconds per engine run before it is killed")
     off.add_argument("--repeats", type=_count, default=1,
                      help="time each run N times on fresh prompts of the same lengths; report the median")
@@ -233,7 +257,8 @@ def _dispatch(args) -> int:
         config = OfflineConfig(mode=args.mode, num_prompts=tuple(args.num_prompts), input_len=input_len,
                                output_len=output_len, hf_batch_sizes=tuple(args.hf_batch_sizes),
                                engines=tuple(args.engines), seed=args.seed, temperature=args.temperature,
-                               sort_by_length=args.sort_by_length, max_input_len=args.max_input_len,
+                               hf_variants=tuple(args.hf_variants), vllm_modes=tuple(args.vllm_modes),
+                               max_input_len=args.max_input_len,
                                max_output_len=args.max_output_len, timeout_s=args.timeout,
                                repeats=args.repeats)
         settings = get_settings(args.profile)

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 from ..errors import BenchConfigError
 from .prompts import MODES, length_distributions
+from .variants import hf_variant_label
+from .variants import engine_mode as _engine_mode
 
 ENGINES = ("vllm", "hf")
 HF_ALL = "all"
@@ -21,6 +23,10 @@ class OfflineConfig:
 
     ``repeats`` > 1 times each run that many times in the same worker, each time on fresh
     prompts of the same lengths; records report the median time and every repeat's time.
+
+    ``hf_variants`` are the ways transformers is run (:mod:`.variants`: ``"arrival"``,
+    ``"sorted"``, ``"sorted+eager"``, ...), each at every batch size; ``vllm_modes`` the vLLM
+    engine modes (``"in-process"``, ``"engine-process"``; empty: the profile's own).
 
     ``input_len`` / ``output_len`` are exact lengths in ``fixed`` mode and medians in ``mixed``
     mode (``None`` there: the ShareGPT-like defaults), whose draws are clipped to
@@ -35,7 +41,8 @@ class OfflineConfig:
     engines: tuple[str, ...] = ENGINES
     seed: int = 0
     temperature: float = 0.0
-    sort_by_length: bool = False
+    hf_variants: tuple[str, ...] = ("arrival",)
+    vllm_modes: tuple[str, ...] = ()
     max_input_len: int | None = None
     max_output_len: int | None = None
     timeout_s: float | None = None
@@ -45,6 +52,8 @@ class OfflineConfig:
         object.__setattr__(self, "num_prompts", tuple(int(n) for n in self.num_prompts))
         object.__setattr__(self, "hf_batch_sizes", tuple(_batch_size(b) for b in self.hf_batch_sizes))
         object.__setattr__(self, "engines", tuple(self.engines))
+        object.__setattr__(self, "hf_variants", tuple(dict.fromkeys(hf_variant_label(v) for v in self.hf_variants)))
+        object.__setattr__(self, "vllm_modes", tuple(dict.fromkeys(_engine_mode(m) for m in self.vllm_modes)))
         self.validate()
 
     def validate(self) -> None:
@@ -57,6 +66,8 @@ class OfflineConfig:
             raise BenchConfigError(f"engines must be a non-empty subset of {', '.join(ENGINES)} (got {list(self.engines)})")
         if "hf" in self.engines and not self.hf_batch_sizes:
             raise BenchConfigError("hf_batch_sizes is empty: give at least one batch size (e.g. 8 or 'all')")
+        if "hf" in self.engines and not self.hf_variants:
+            raise BenchConfigError("hf_variants is empty: give at least one (e.g. 'arrival' or 'sorted')")
         for name in ("input_len", "output_len", "max_input_len", "max_output_len"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:

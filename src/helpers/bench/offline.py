@@ -14,9 +14,12 @@ The rules that make the comparison fair, and checked rather than assumed:
   its longest prompt and, in ``mixed`` mode, generates up to the batch's longest output
   length (``max_new_tokens`` is one number per batch). Tokens a request gets beyond its own
   output length are *wasted* work: they are counted in ``generated_tokens`` /
-  ``wasted_tokens`` and never as useful output. Requests are batched in arrival order; with
-  ``sort_by_length=True`` they are sorted by (output, input) length first, which helps
-  transformers and is recorded in every record (``sorted_by_length``).
+  ``wasted_tokens`` and never as useful output. How transformers batches and attends is a
+  *variant* (:mod:`.variants`: arrival order or sorted by length, SDPA or eager attention,
+  growing or static cache), recorded in every record (``hf_variant``); the notebook runs
+  several and compares vLLM with the best, so the baseline is the strongest one measured.
+* **The engine mode is part of the result**: vLLM in-process or with its engine core in a
+  separate process (``engine_mode`` in every vLLM record; ``vllm_modes`` runs both).
 * **No detokenization** on either side (vLLM ``detokenize=False``; transformers returns ids).
 * **Own process per run**: every (engine, batch size, prompt count) runs in a fresh
   ``python -m helpers.bench _worker`` subprocess (:mod:`.worker`), so memory is freed, the peak-memory number
@@ -47,6 +50,7 @@ from .fit import FitReport, check_lengths, check_offline_fit
 from .prompts import Request, describe_lengths, make_requests, regular_token_ids_for
 from .records import default_results_dir, load_records, save_records, timestamp
 from .stats import useful_output_tokens
+from .variants import HFVariant, engine_mode_environment, profile_engine_mode
 from .worker import run_worker, settings_to_json
 
 #: Names this module held before it was split (kept importable from here).
@@ -80,16 +84,17 @@ def run_offline(settings: Settings | None = None, config: OfflineConfig | None =
     records: list[dict[str, Any]] = []
     for n in sorted(set(config.num_prompts)):
         requests = [subset[:n] for subset in request_sets]
-        runs: list[tuple[str, int | None, str | None]] = []
+        runs: list[tuple[str, int | None, str | None, str]] = []
         if "vllm" in config.engines:
-            runs.append(("vllm", None, None))
+            runs += [("vllm", None, None, mode) for mode in (config.vllm_modes or (profile_engine_mode(settings),))]
         if "hf" in config.engines:
-            runs += [("hf", size, label) for size, label in config.resolved_batch_sizes(n)]
-        for engine, batch_size, label in runs:
+            runs += [("hf", size, label, variant) for variant in config.hf_variants
+                     for size, label in config.resolved_batch_sizes(n)]
+        for engine, batch_size, label, how in runs:
             if progress:
-                what = "vLLM" if engine == "vllm" else f"transformers batch {label}"
+                what = f"vLLM ({how})" if engine == "vllm" else f"transformers batch {label} ({how})"
                 print(f"[{n} prompts] {what} ...", end=" ", flush=True)
-            record = _run_one(settings, config, engine, requests, batch_size, label)
+            record = _run_one(settings, config, engine, requests, batch_size, label, how)
             records.append(record)
             path = save_records(records, out, **meta)
             if progress:
@@ -101,6 +106,7 @@ def run_offline(settings: Settings | None = None, config: OfflineConfig | None =
                         spread = f" (median of {record['repeats']}: " + ", ".join(
                             f"{t:.2f}" for t in record["seconds_repeats"]) + " s)"
                     print(f"{record['seconds']:.2f} s{spread}, {record['output_tokens_per_s']:,.0f} output tokens/s, "
+                          f"{record['generated_tokens_per_s']:,.0f} generated tokens/s, "
                           f"load {record['load_avg_1m']:.1f} on {record['cpu_count']} cores", flush=True)
     if progress:
         print(f"records written to {path}")
@@ -108,7 +114,7 @@ def run_offline(settings: Settings | None = None, config: OfflineConfig | None =
 
 
 def _base_record(settings: Settings, config: OfflineConfig, engine: str, requests: Sequence[Request],
-                 batch_size: int | None, label: str | None) -> dict[str, Any]:
+                 batch_size: int | None, label: str | None, how: str) -> dict[str, Any]:
     lengths = describe_lengths(requests)
     fixed = config.mode == "fixed"
     return {
@@ -121,7 +127,9 @@ def _base_record(settings: Settings, config: OfflineConfig, engine: str, request
         **{k: (round(v, 1) if isinstance(v, float) else v) for k, v in lengths.items()},
         "batch_size": batch_size,
         "batch_label": label if engine == "hf" else "continuous",
-        "sorted_by_length": bool(config.sort_by_length) if engine == "hf" else False,
+        "hf_variant": how if engine == "hf" else None,
+        "engine_mode": how if engine == "vllm" else None,
+        "sorted_by_length": HFVariant.parse(how).sort_by_length if engine == "hf" else False,
         "temperature": config.temperature,
         "seed": config.seed,
         "requested_output_tokens": sum(r.output_len for r in requests),
@@ -147,12 +155,18 @@ def _check_counts(engine: str, requests: Sequence[Request], produced: Sequence[i
 
 
 def _run_one(settings: Settings, config: OfflineConfig, engine: str, request_sets: Sequence[Sequence[Request]],
-             batch_size: int | None, label: str | None) -> dict[str, Any]:
+             batch_size: int | None, label: str | None, how: str) -> dict[str, Any]:
     requests = request_sets[0]
-    record = _base_record(settings, config, engine, requests, batch_size, label)
+    record = _base_record(settings, config, engine, requests, batch_size, label, how)
     spec = {"engine": engine, "settings": settings_to_json(settings), "batch_size": batch_size,
-            "temperature": config.temperature, "seed": config.seed, "sort_by_length": config.sort_by_length,
+            "temperature": config.temperature, "seed": config.seed,
             "request_sets": [[r.to_json() for r in subset] for subset in request_sets]}
+    if engine == "hf":
+        variant = HFVariant.parse(how)
+        spec.update(sort_by_length=variant.sort_by_length, attn_implementation=variant.attn_implementation,
+                    cache_implementation=variant.cache_implementation)
+    else:
+        spec["environment"] = engine_mode_environment(how)
     try:
         result = run_worker(spec, timeout_s=config.timeout_s)
     except BenchError as exc:
@@ -182,6 +196,8 @@ def _run_one(settings: Settings, config: OfflineConfig, engine: str, request_set
         requests_per_s=len(requests) / seconds,
         total_tokens_per_s=(input_tokens + useful_tokens) / seconds,
         output_tokens_per_s=useful_tokens / seconds,
+        output_tokens_per_s_repeats=[useful_tokens / t for t in all_seconds],
+        generated_tokens_per_s=runs[0]["generated_tokens"] / seconds,
         peak_memory_bytes=result["peak_memory_bytes"],
         memory_source=result["memory_source"],
         device=result["device"],

@@ -33,10 +33,34 @@ def succeeded(record: Record) -> bool:
 
 
 def series_label(record: Record) -> str:
-    """'vLLM' or 'transformers batch 8' / 'transformers batch all'."""
+    """'vLLM (in-process)' or 'transformers batch 8' / 'transformers batch all (sorted+eager)'.
+
+    The engine mode and a transformers variant other than the default are part of the name.
+    """
     if record["engine"] == "vllm":
-        return "vLLM"
-    return f"transformers batch {record.get('batch_label') or record.get('batch_size')}"
+        mode = record.get("engine_mode")
+        return f"vLLM ({mode})" if mode else "vLLM"
+    variant = record.get("hf_variant")
+    suffix = f" ({variant})" if variant and variant != "arrival" else ""
+    return f"transformers batch {record.get('batch_label') or record.get('batch_size')}{suffix}"
+
+
+def run_key(record: Record) -> tuple:
+    """What identifies a run within one sweep: prompts, lengths, engine, batch, variant, engine mode."""
+    return (record["num_prompts"], record.get("output_len"), record["engine"], str(record.get("batch_label")),
+            record.get("hf_variant"), record.get("engine_mode"))
+
+
+def series_order(record: Record) -> tuple:
+    """Sort key of a record's series: vLLM first, then transformers by variant and batch size."""
+    return (record["engine"] != "vllm", str(record.get("engine_mode") or record.get("hf_variant") or ""),
+            batch_order(str(record.get("batch_label"))))
+
+
+def tokens_per_s_spread(record: Record) -> tuple[float, float] | None:
+    """Lowest and highest output tokens/s over the record's repeats (``None`` with one repeat)."""
+    values = record.get("output_tokens_per_s_repeats") or []
+    return (min(values), max(values)) if len(values) > 1 else None
 
 
 def batch_order(label: str) -> tuple[int, int]:
@@ -71,9 +95,8 @@ def table(records: Sequence[Record]) -> str:
         from .gateway import overhead_table
 
         return overhead_table(records)
-    ordered = sorted(records, key=lambda r: (r["num_prompts"], r["engine"] != "vllm",
-                                             batch_order(str(r.get("batch_label")))))
-    header = ["prompts", "in", "out", "engine", "batch", "seconds", "req/s", "total tok/s", "output tok/s",
+    ordered = sorted(records, key=lambda r: (r["num_prompts"], str(r.get("output_len")), series_order(r)))
+    header = ["prompts", "in", "out", "engine", "batch", "how", "seconds", "output tok/s", "generated tok/s",
               "wasted tok", "peak mem", "note"]
     rows = []
     for r in ordered:
@@ -81,13 +104,14 @@ def table(records: Sequence[Record]) -> str:
         rows.append([
             _fmt(r["num_prompts"]), _fmt(r["input_len"]), _fmt(r["output_len"]),
             "vLLM" if r["engine"] == "vllm" else "transformers", str(r.get("batch_label")),
-            _fmt(r.get("seconds"), 2) if ok else "-", _fmt(r.get("requests_per_s"), 1) if ok else "-",
-            _fmt(r.get("total_tokens_per_s")) if ok else "-", _fmt(r.get("output_tokens_per_s")) if ok else "-",
+            str(r.get("engine_mode") or r.get("hf_variant") or "-"),
+            _fmt(r.get("seconds"), 2) if ok else "-", _fmt(r.get("output_tokens_per_s")) if ok else "-",
+            _fmt(r.get("generated_tokens_per_s")) if ok else "-",
             _fmt(r.get("wasted_tokens")) if ok else "-",
             f"{r['peak_memory_bytes'] / 2**30:.2f} GiB" if ok and r.get("peak_memory_bytes") else "-",
             ("FAILED: " + str(r["error"]).splitlines()[0][:60]) if r.get("error") else _note(r),
         ])
-    right = [True, True, True, False, False, True, True, True, True, True, True, False]
+    right = [True, True, True, False, False, False, True, True, True, True, True, False]
     text = render_table(header, rows, right)
     if any(r["engine"] == "vllm" and r.get("peak_memory_bytes") for r in records):
         text += ("\npeak mem: vLLM's includes the KV-cache pool it reserves at start-up (VLLM_CPU_KVCACHE_SPACE on "
@@ -109,8 +133,6 @@ def busy(record: Record) -> bool:
 
 def _note(record: Record) -> str:
     notes = []
-    if record.get("sorted_by_length"):
-        notes.append("sorted by length")
     times = record.get("seconds_repeats") or []
     if len(times) > 1:
         notes.append(f"median of {len(times)}: {min(times):.2f}-{max(times):.2f} s")
@@ -143,40 +165,69 @@ def _serving_table(records: Sequence[Record]) -> str:
 
 
 def speedup_rows(records: Sequence[Record]) -> list[dict[str, Any]]:
-    """Per prompt count: vLLM and best transformers output tokens/s, the best batch, the speed-up."""
+    """Per prompt count (and output length, and vLLM engine mode): vLLM against the best
+    transformers run (any batch size, any variant), the speed-up and its spread.
+
+    ``speedup`` is the ratio of the median throughputs; ``speedup_low`` / ``speedup_high`` the
+    smallest and largest ratio of the repeats paired by index (repeat *i* of both engines ran
+    the same prompts), ``None`` with one repeat.
+    """
     if not records:
         return []
     if record_kind(records) != "offline":
         raise ValueError("speed-ups need offline records")
-    latest = latest_by(records, lambda r: (r["num_prompts"], r["engine"], str(r.get("batch_label"))))
+    latest = list(latest_by(records, run_key).values())
     rows = []
-    for n in sorted({key[0] for key in latest}):
-        vllm = next((r for k, r in latest.items() if k[0] == n and k[1] == "vllm"), None)
-        hf = [r for k, r in latest.items() if k[0] == n and k[1] == "hf"]
+    points = sorted({(r["num_prompts"], r.get("output_len")) for r in latest}, key=lambda p: (p[0], str(p[1])))
+    for n, out in points:
+        here = [r for r in latest if r["num_prompts"] == n and r.get("output_len") == out]
+        hf = [r for r in here if r["engine"] == "hf"]
         hf_ok = [r for r in hf if succeeded(r)]
         best = max(hf_ok, key=lambda r: r["output_tokens_per_s"]) if hf_ok else None
-        vllm_tps = vllm["output_tokens_per_s"] if vllm is not None and succeeded(vllm) else None
         best_tps = best["output_tokens_per_s"] if best is not None else None
-        rows.append({
-            "num_prompts": n,
-            "vllm_output_tokens_per_s": vllm_tps,
-            "best_hf_batch": best.get("batch_label") if best is not None else None,
-            "best_hf_output_tokens_per_s": best_tps,
-            "speedup": vllm_tps / best_tps if vllm_tps and best_tps else None,
-            "hf_failed": [r.get("batch_label") for r in hf if not succeeded(r)],
-            "hf_by_batch": {str(r.get("batch_label")): r["output_tokens_per_s"] for r in hf_ok},
-        })
+        for vllm in [r for r in here if r["engine"] == "vllm"] or [None]:
+            vllm_tps = vllm["output_tokens_per_s"] if vllm is not None and succeeded(vllm) else None
+            low = high = None
+            if vllm_tps and best_tps:
+                paired = [v / h for v, h in zip(vllm.get("output_tokens_per_s_repeats") or [],
+                                                best.get("output_tokens_per_s_repeats") or []) if h]
+                if len(paired) > 1:
+                    low, high = min(paired), max(paired)
+            rows.append({
+                "num_prompts": n,
+                "output_len": out,
+                "engine_mode": vllm.get("engine_mode") if vllm is not None else None,
+                "vllm_output_tokens_per_s": vllm_tps,
+                "best_hf_batch": best.get("batch_label") if best is not None else None,
+                "best_hf_variant": best.get("hf_variant") if best is not None else None,
+                "best_hf_output_tokens_per_s": best_tps,
+                "speedup": vllm_tps / best_tps if vllm_tps and best_tps else None,
+                "speedup_low": low,
+                "speedup_high": high,
+                "hf_failed": [series_label(r).removeprefix("transformers batch ") for r in hf if not succeeded(r)],
+                "hf_by_batch": {series_label(r).removeprefix("transformers batch "): r["output_tokens_per_s"]
+                                for r in hf_ok},
+            })
     return rows
 
 
+def _ratio(row: dict[str, Any]) -> str:
+    if not row["speedup"]:
+        return "-"
+    if row["speedup_low"] is None:
+        return f"{row['speedup']:.2f}x"
+    return f"{row['speedup']:.2f}x ({row['speedup_low']:.2f}-{row['speedup_high']:.2f})"
+
+
 def speedup_table(records: Sequence[Record]) -> str:
-    """Per prompt count: vLLM vs the *best* transformers batch size (not its worst)."""
+    """Per prompt count: vLLM vs the *best* transformers run (not its worst), with the spread of repeats."""
     rows = speedup_rows(records)
-    header = ["prompts", "vLLM out tok/s", "best transformers out tok/s", "best batch", "speed-up", "HF failed"]
-    body = [[_fmt(r["num_prompts"]), _fmt(r["vllm_output_tokens_per_s"]), _fmt(r["best_hf_output_tokens_per_s"]),
-             _fmt(r["best_hf_batch"]), f"{r['speedup']:.2f}x" if r["speedup"] else "-",
-             ", ".join(map(str, r["hf_failed"])) or ""] for r in rows]
-    return render_table(header, body, [True, True, True, True, True, False])
+    header = ["prompts", "out", "vLLM mode", "vLLM out tok/s", "best transformers out tok/s", "best batch",
+              "best variant", "speed-up (spread)", "HF failed"]
+    body = [[_fmt(r["num_prompts"]), _fmt(r["output_len"]), str(r["engine_mode"] or "-"),
+             _fmt(r["vllm_output_tokens_per_s"]), _fmt(r["best_hf_output_tokens_per_s"]), _fmt(r["best_hf_batch"]),
+             _fmt(r["best_hf_variant"]), _ratio(r), ", ".join(map(str, r["hf_failed"])) or ""] for r in rows]
+    return render_table(header, body, [True, True, False, True, True, True, False, True, False])
 
 
 # -- conclusions --------------------------------------------------------------------------------------
@@ -195,53 +246,69 @@ def conclusions(records: Sequence[Record]) -> dict[str, Any]:
 def _offline_conclusions(records: Sequence[Record]) -> dict[str, Any]:
     rows = speedup_rows(records)
     measured = [r for r in rows if r["vllm_output_tokens_per_s"] is not None]
-    largest = (measured or rows)[-1]
+    largest_n = (measured or rows)[-1]["num_prompts"]
+    at_largest = [r for r in (measured or rows) if r["num_prompts"] == largest_n]
+    largest = max(at_largest, key=lambda r: r["speedup"] or 0)
     failed = [f"{series_label(r)} at {r['num_prompts']} prompts" for r in records if not succeeded(r)]
     result: dict[str, Any] = {
         "num_prompts": largest["num_prompts"],
+        "engine_mode": largest["engine_mode"],
         "vllm_output_tokens_per_s": largest["vllm_output_tokens_per_s"],
         "best_hf_batch": largest["best_hf_batch"],
+        "best_hf_variant": largest["best_hf_variant"],
         "best_hf_output_tokens_per_s": largest["best_hf_output_tokens_per_s"],
         "speedup": largest["speedup"],
-        "speedup_by_prompts": {r["num_prompts"]: r["speedup"] for r in rows},
+        "speedup_by_prompts": {r["num_prompts"]: r["speedup"] for r in rows if r["engine_mode"] == largest["engine_mode"]},
         "best_hf_batch_by_prompts": {r["num_prompts"]: r["best_hf_batch"] for r in rows},
         "failed_runs": failed,
     }
     text = []
-    if largest["speedup"] is not None:
-        vllm_tps, hf_tps, speedup = (largest["vllm_output_tokens_per_s"], largest["best_hf_output_tokens_per_s"],
-                                     largest["speedup"])
-        if speedup >= 1:
-            text.append(f"At {largest['num_prompts']} prompts vLLM produced {vllm_tps:,.0f} output tokens/s, "
-                        f"{speedup:.2f}x the best transformers run (batch {largest['best_hf_batch']}, "
-                        f"{hf_tps:,.0f} tokens/s).")
+    for row in at_largest:
+        if row["speedup"] is None:
+            continue
+        best = f"batch {row['best_hf_batch']}" + (f", {row['best_hf_variant']}" if row["best_hf_variant"] else "")
+        mode = f" ({row['engine_mode']})" if row["engine_mode"] else ""
+        spread = (f"; {row['speedup_low']:.2f}-{row['speedup_high']:.2f}x over the repeats"
+                  if row["speedup_low"] is not None else "")
+        if row["speedup"] >= 1:
+            text.append(f"At {row['num_prompts']} prompts vLLM{mode} produced {row['vllm_output_tokens_per_s']:,.0f} "
+                        f"output tokens/s, {row['speedup']:.2f}x the best transformers run ({best}, "
+                        f"{row['best_hf_output_tokens_per_s']:,.0f} tokens/s{spread}).")
         else:
-            text.append(f"At {largest['num_prompts']} prompts the best transformers run (batch "
-                        f"{largest['best_hf_batch']}, {hf_tps:,.0f} output tokens/s) was {1 / speedup:.2f}x as fast "
-                        f"as vLLM ({vllm_tps:,.0f} tokens/s): vLLM / transformers = {speedup:.2f}x.")
-    with_speedup = [r for r in rows if r["speedup"] is not None]
+            text.append(f"At {row['num_prompts']} prompts the best transformers run ({best}, "
+                        f"{row['best_hf_output_tokens_per_s']:,.0f} output tokens/s) was {1 / row['speedup']:.2f}x as "
+                        f"fast as vLLM{mode} ({row['vllm_output_tokens_per_s']:,.0f} tokens/s): vLLM / transformers = "
+                        f"{row['speedup']:.2f}x{spread}.")
+    modes = [r for r in at_largest if r["speedup"] is not None]
+    if len(modes) > 1:
+        fast, slow = max(modes, key=lambda r: r["speedup"]), min(modes, key=lambda r: r["speedup"])
+        result["engine_mode_effect"] = fast["vllm_output_tokens_per_s"] / slow["vllm_output_tokens_per_s"]
+        text.append(f"The engine mode alone changes vLLM's throughput by {result['engine_mode_effect']:.2f}x: "
+                    f"{fast['engine_mode']} {fast['vllm_output_tokens_per_s']:,.0f} against {slow['engine_mode']} "
+                    f"{slow['vllm_output_tokens_per_s']:,.0f} tokens/s.")
+    with_speedup = [r for r in rows if r["speedup"] is not None and r["engine_mode"] == largest["engine_mode"]]
     if len(with_speedup) >= 2:
         first, last = with_speedup[0], with_speedup[-1]
         trend = "grows" if last["speedup"] > first["speedup"] * 1.05 else \
             "shrinks" if last["speedup"] < first["speedup"] / 1.05 else "stays about the same"
         text.append(f"vLLM / best transformers {trend} from {first['speedup']:.2f}x at {first['num_prompts']} "
                     f"prompts to {last['speedup']:.2f}x at {last['num_prompts']} prompts.")
-    hf_rows = [r for r in rows if r["hf_by_batch"]]
+    hf_rows = [r for r in rows if r["hf_by_batch"] and r["num_prompts"] == largest_n]
     if hf_rows:
         by_batch = hf_rows[-1]["hf_by_batch"]
         slowest = min(by_batch, key=by_batch.get)
-        if slowest != hf_rows[-1]["best_hf_batch"]:
-            text.append(f"transformers' batch size matters: at {hf_rows[-1]['num_prompts']} prompts batch "
-                        f"{slowest} reached {by_batch[slowest]:,.0f} tokens/s, batch "
-                        f"{hf_rows[-1]['best_hf_batch']} {by_batch[hf_rows[-1]['best_hf_batch']]:,.0f}.")
+        fastest = max(by_batch, key=by_batch.get)
+        if slowest != fastest:
+            text.append(f"How transformers is run matters: at {largest_n} prompts batch {slowest} reached "
+                        f"{by_batch[slowest]:,.0f} tokens/s, batch {fastest} {by_batch[fastest]:,.0f}.")
     wasteful = [r for r in records if succeeded(r) and r["engine"] == "hf" and r.get("wasted_tokens")
-                and r["num_prompts"] == largest["num_prompts"]]
+                and r["num_prompts"] == largest_n]
     if wasteful:
         worst = max(wasteful, key=lambda r: r["wasted_tokens"] / (r["wasted_tokens"] + r["output_tokens"]))
         share = worst["wasted_tokens"] / (worst["wasted_tokens"] + worst["output_tokens"])
         result["hf_wasted_share"] = share
-        text.append(f"Static batches waste work on mixed lengths: transformers batch {worst.get('batch_label')} "
-                    f"generated {worst['wasted_tokens']:,} tokens past their requests' lengths ({share:.0%} of its "
+        text.append(f"Static batches waste work on mixed lengths: {series_label(worst)} generated "
+                    f"{worst['wasted_tokens']:,} tokens past their requests' lengths ({share:.0%} of its "
                     f"decode work) at {worst['num_prompts']} prompts; they are not counted as output.")
     busy_runs = [r for r in records if busy(r)]
     if busy_runs:

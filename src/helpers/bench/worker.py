@@ -187,6 +187,7 @@ def _load_avg() -> float:
 def _vllm_worker(settings: Settings, request_sets: Sequence[Sequence[Request]],
                  spec: dict[str, Any]) -> dict[str, Any]:
     settings.apply_vllm_environment()
+    os.environ.update(spec.get("environment") or {})  # the engine mode (.variants), before vLLM starts
     device = "cpu" if settings.on_cpu else "cuda"
     memory = _PeakMemory(device).start()
     started = time.perf_counter()
@@ -247,7 +248,8 @@ def _hf_worker(settings: Settings, request_sets: Sequence[Sequence[Request]],
     device = "cpu" if settings.on_cpu or not torch.cuda.is_available() else "cuda"
     memory = _PeakMemory(device).start()
     started = time.perf_counter()
-    model = AutoModelForCausalLM.from_pretrained(settings.model_dir, dtype=getattr(torch, settings.dtype))
+    model = AutoModelForCausalLM.from_pretrained(settings.model_dir, dtype=getattr(torch, settings.dtype),
+                                                 attn_implementation=spec.get("attn_implementation", "sdpa"))
     model = model.to(device).eval()
     load_seconds = time.perf_counter() - started
     threads = torch.get_num_threads()
@@ -256,6 +258,8 @@ def _hf_worker(settings: Settings, request_sets: Sequence[Sequence[Request]],
     eos_ids = [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
     pad_id = base.pad_token_id if base.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     temperature = float(spec["temperature"])
+    static = spec.get("cache_implementation", "dynamic") == "static"
+    cache = {"cache_implementation": "static"} if static else {}
 
     def generate(batch: Sequence[Request]) -> tuple[list[int], int]:
         width = max(r.input_len for r in batch)
@@ -271,6 +275,7 @@ def _hf_worker(settings: Settings, request_sets: Sequence[Sequence[Request]],
             max_new_tokens=new, min_new_tokens=new, do_sample=temperature > 0,
             temperature=temperature if temperature > 0 else 1.0, top_k=0, top_p=1.0,
             repetition_penalty=1.0, eos_token_id=eos_ids or None, pad_token_id=int(pad_id),
+            **cache,
         )
         with torch.inference_mode():
             output = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
@@ -290,7 +295,7 @@ def _hf_worker(settings: Settings, request_sets: Sequence[Sequence[Request]],
 
     runs = []
     for requests in request_sets:
-        batches = hf_batches(requests, int(spec["batch_size"]), bool(spec["sort_by_length"]))
+        batches = hf_batches(requests, int(spec["batch_size"]), bool(spec.get("sort_by_length")))
         produced = [0] * len(requests)
         padded_inputs = 0
         load = _load_avg()
