@@ -91,8 +91,13 @@ def test_speedups_compare_with_the_best_variant_and_pair_the_repeats(tmp_path):
     crossover = plot_crossover(records + [_record("vllm", 16, [400.0], out=16, mode="in-process"),
                                           _record("hf", 16, [100.0], out=16, label="all", variant="sorted")],
                                path=tmp_path / "c.png")
-    assert crossover.data["lines"]["16 output tokens"]["speedup"] == [4.0]
-    assert crossover.data["lines"]["128 output tokens"]["num_prompts"] == [4, 4]
+    lines = crossover.data["lines"]  # two engine modes in the records: one line per (output length, mode)
+    assert list(lines) == ["128 output tokens, vLLM engine process", "16 output tokens, vLLM in-process",
+                           "128 output tokens, vLLM in-process"]
+    assert lines["16 output tokens, vLLM in-process"]["speedup"] == [4.0]
+    assert lines["128 output tokens, vLLM engine process"]["speedup"] == [pytest.approx(0.85)]
+    single = plot_crossover([r for r in records if r.get("engine_mode") != "engine process"], save=False)
+    assert list(single.data["lines"]) == ["128 output tokens"]
     assert "2026-12-04" in crossover.data["run"] and crossover.path.is_file()
 
 
