@@ -2,15 +2,22 @@
 
 Entry points: a notebook kernel (a real ipykernel driven by jupyter_client, starting a server
 with ``start_server``), ``python -m helpers.smoke``, ``python -m helpers.bench offline`` and
-``python -m helpers.bench serve``. Points: during start-up (the vLLM server or benchmark
-worker process exists), while serving (the server answers / the worker's engine is ready),
-during shutdown (the entry point has begun stopping: a kernel cell runs ``server.stop()``, a
-command line got SIGTERM and said so). Signals: SIGKILL (nothing of the parent's own clean-up
-runs) and SIGINT (Ctrl+C / "Interrupt kernel").
+``python -m helpers.bench serve``; the gateway as a command (``python -m helpers.gateway``),
+from a kernel (``start_gateway``) and under ``python -m helpers.bench gateway`` (with its
+instant upstream and vllm-router); the launcher's detached supervisor (signalled itself: it
+is meant to outlive the command that started it, never its services). Points: during start-up
+(the vLLM server, benchmark worker or gateway process exists), while serving (it answers /
+the worker's engine is ready), during shutdown (the entry point has begun stopping: a kernel
+cell runs ``server.stop()``, a command line got SIGTERM and said so). Signals: SIGKILL
+(nothing of the parent's own clean-up runs) and SIGINT (Ctrl+C / "Interrupt kernel").
 
-Every process of a row carries ``COURSE_FAULT_ROW=<id>`` in its environment (children inherit
-it), so leftovers are found even after they were re-parented to PID 1. A row passes when,
-within :data:`BOUND_S` seconds, no such process is left and no port the row used is served.
+A row's processes are found two ways (:class:`RowProcesses`): every process carries
+``COURSE_FAULT_ROW=<id>`` in its environment (children inherit it), and every process in a
+session or process group that a marked process belongs to counts too. The second catches
+what the first cannot: a process that rewrote the memory its environment is read from
+(vLLM's EngineCore sets its process title there) or cleared its environment. Both survive a
+re-parenting to PID 1. A row passes when, within :data:`BOUND_S` seconds, no such process is
+left and no port the row used is served.
 
 ``python tests/faults.py`` prints the whole table (markdown); tests/test_fault_injection.py
 runs the rows as tests.
@@ -41,7 +48,10 @@ from helpers.server_command import API_SERVER_MODULE  # noqa: E402
 MARK = "COURSE_FAULT_ROW"
 BOUND_S = 30.0          # the server's stop grace (12 s) plus margin
 STATE_TIMEOUT_S = 180.0
-ENTRIES = ("kernel", "smoke", "bench offline", "bench serve")
+ENTRIES = ("kernel", "smoke", "bench offline", "bench serve", "gateway cli", "start_gateway", "bench gateway",
+           "launcher supervisor")
+#: Entries that start no vLLM: every point of theirs is cheap.
+LIGHT = ("gateway cli", "start_gateway", "bench gateway")
 POINTS = ("start-up", "serving", "shutdown")
 SIGNALS = ("SIGKILL", "SIGINT")
 
@@ -63,25 +73,59 @@ class Outcome:
 
 
 # -- finding a row's processes ------------------------------------------------------------------
-def marked(tag: str, exclude: tuple[int, ...] = ()) -> dict[int, str]:
-    """``{pid: command line}`` of live processes whose environment holds ``MARK=tag``."""
-    needle = f"{MARK}={tag}".encode()
-    found = {}
-    for name in os.listdir("/proc"):
-        if not name.isdigit() or int(name) in exclude:
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
-                    continue
-            with open(f"/proc/{name}/environ", "rb") as f:
-                if needle not in f.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                found[int(name)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except OSError:
-            continue
-    return found
+def _stat(pid: str) -> tuple[str, int, int] | None:
+    """(state, process group, session) of ``pid``, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0].decode(), int(fields[2]), int(fields[3])
+
+
+def _read(pid: str, name: str) -> bytes:
+    try:
+        with open(f"/proc/{pid}/{name}", "rb") as f:
+            return f.read()
+    except OSError:
+        return b""
+
+
+class RowProcesses:
+    """The live processes of one row: marked ones, and every member of a session or process
+    group a marked process was seen in (this test's own session and group excepted)."""
+
+    def __init__(self, tag: str) -> None:
+        self.needle = f"{MARK}={tag}".encode()
+        self.sessions: set[int] = set()
+        self.groups: set[int] = set()
+        self.own = {os.getsid(0), os.getpgid(0)}
+
+    def scan(self) -> dict[int, str]:
+        """``{pid: command line}``; sessions and groups seen are remembered for later scans."""
+        alive = {}
+        for pid in (name for name in os.listdir("/proc") if name.isdigit() and int(name) != os.getpid()):
+            stat = _stat(pid)
+            if stat is None or stat[0] == "Z":
+                continue
+            marked = self.needle in _read(pid, "environ").split(b"\0")
+            alive[pid] = (stat, marked)
+            if marked:
+                self.sessions.update({stat[2]} - self.own)
+                self.groups.update({stat[1]} - self.own)
+        found = {}
+        for pid, ((_, group, session), marked) in alive.items():
+            if marked or session in self.sessions or group in self.groups:
+                found[int(pid)] = _read(pid, "cmdline").replace(b"\0", b" ").decode(errors="replace").strip()
+        return found
+
+
+_ROWS: dict[str, RowProcesses] = {}
+
+
+def marked(tag: str) -> dict[int, str]:
+    """``{pid: command line}`` of the live processes of row ``tag`` (see :class:`RowProcesses`)."""
+    return _ROWS.setdefault(tag, RowProcesses(tag)).scan()
 
 
 def listening(port: int) -> bool:
@@ -189,6 +233,49 @@ class Kernel:
             return None
 
 
+class Supervisor:
+    """The launcher's detached supervisor (tiny vLLM and the gateway), started by ``helpers.launcher
+    start`` and signalled itself: whatever kills it, its services must go with it."""
+
+    def __init__(self, workdir: Path, tag: str, port: int, env: dict[str, str]) -> None:
+        folder = workdir / tag
+        folder.mkdir()
+        env_file = folder / ".env"
+        env_file.write_text(f"COURSE_PROFILE=tiny\nMODEL_NAME=course/tiny-qwen2\nVLLM_PORT={port}\n"
+                            f"GATEWAY_PORT={free_port()}\nRUN_DIR=run\n", encoding="utf-8")
+        self.tag, self.lines = tag, []
+        self.starter = CommandLine(["helpers.launcher", "start", "--env", str(env_file), "--gateway", "--wait", "0"],
+                                   env)
+        self.pid = 0
+
+    def said(self, pattern: str) -> bool:
+        return self.starter.said(pattern) or (pattern == r"server ready after" and self._served())
+
+    def _served(self) -> bool:
+        return any(API_SERVER_MODULE in cmd for cmd in marked(self.tag).values()) and \
+            any("helpers.gateway" in cmd for cmd in marked(self.tag).values()) and self._answers()
+
+    def _answers(self) -> bool:
+        import urllib.request
+        port = next(int(m.group(1)) for cmd in marked(self.tag).values()
+                    if API_SERVER_MODULE in cmd and (m := re.search(r"--port (\d+)", cmd)))
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2):
+                return True
+        except OSError:
+            return False
+
+    def signal(self, sig: int) -> None:
+        self.pid = next(pid for pid, cmd in marked(self.tag).items()
+                        if "helpers.launcher supervise" in cmd and "_guard.py" not in cmd)
+        os.kill(self.pid, sig)
+
+    def finish(self) -> int | None:
+        """The supervisor is not this test's child: its exit code cannot be read."""
+        self.starter.finish()
+        return None
+
+
 def _env(tag: str) -> dict[str, str]:
     return {**os.environ, MARK: tag, "PYTHONUNBUFFERED": "1", "COURSE_PROFILE": "tiny",
             "PYTHONPATH": str(REPO / "src")}
@@ -227,18 +314,33 @@ def run_row(entry: str, point: str, sig_name: str, workdir: Path) -> Outcome:
         target = CommandLine(["helpers.bench", "offline", "--profile", "tiny", "--engines", "vllm",
                               "--num-prompts", "1024", "--input-len", "16", "--output-len", "1024",
                               "--out", str(workdir / f"{tag}.json"), "--no-plots"], env)
-    else:
+    elif entry == "bench serve":
         target = CommandLine(["helpers.bench", "serve", "--profile", "tiny", "--concurrency", "4",
                               "--requests-per-level", "100000", "--input-len", "16", "--output-len", "256",
                               "--out", str(workdir / f"{tag}.json"), "--no-plots"], env)
-    child_text = "_worker" if entry == "bench offline" else API_SERVER_MODULE
+    elif entry == "gateway cli":
+        target = CommandLine(["helpers.gateway", "--upstream", "http://127.0.0.1:9", "--port", str(port)], env)
+    elif entry == "start_gateway":
+        target = Kernel(env)
+        target.run(f"from helpers.gateway import start_gateway\ngateway = start_gateway(['http://127.0.0.1:9'], "
+                   f"port={port})")
+    elif entry == "bench gateway":
+        target = CommandLine(["helpers.bench", "gateway", "--profile", "tiny", "--upstreams", "instant",
+                              "--concurrency", "4", "--requests-per-level", "1000000", "--rounds", "1",
+                              "--out", str(workdir / f"{tag}.json"), "--no-plots"], env)
+    else:
+        target = Supervisor(workdir, tag, port, env)
+    child_text = {"bench offline": "_worker", "gateway cli": "helpers.gateway", "start_gateway": "helpers.gateway",
+                  "bench gateway": "helpers.gateway"}.get(entry, API_SERVER_MODULE)
+    ready = {"gateway cli": r"gateway listening", "start_gateway": r"gateway ready",
+             "bench gateway": r"gateway ready"}.get(entry, r"server ready after")
     try:
         wait_for(lambda: _process_with(tag, child_text), what=f"{child_text} process started")
         if point in ("serving", "shutdown"):
             if entry == "bench offline":
                 wait_for(lambda: _worker_engine_ready(tag), what="the worker's engine ready")
             else:
-                wait_for(lambda: target.said(r"server ready after"), what="server ready")
+                wait_for(lambda: target.said(ready), what="ready")
             if entry == "kernel":  # a cell that is busy talking to the server
                 target.run("from helpers.clients import openai_client\nclient = openai_client(server)\n"
                            "while True:\n    client.completions.create(model=server.served_model_name, "
@@ -250,6 +352,9 @@ def run_row(entry: str, point: str, sig_name: str, workdir: Path) -> Outcome:
                 wait_for(lambda: target.said(r"KeyboardInterrupt"), what="the cell interrupted")
                 target.run("server.stop()")
                 wait_for(lambda: target.said(r"stopping the vLLM server"), what="the kernel stopping the server")
+            elif entry == "start_gateway":
+                target.run("gateway.stop()")
+                wait_for(lambda: target.said(r"stopping the gateway"), what="the kernel stopping the gateway")
             else:
                 target.signal(signal.SIGTERM)
                 wait_for(lambda: target.said(r"terminated|stopping"), what="the command line stopping")
@@ -287,7 +392,8 @@ def table(outcomes: list[Outcome]) -> str:
 
 
 if __name__ == "__main__":
-    rows = [(e, p, s) for e in ENTRIES for p in POINTS for s in SIGNALS]
+    rows = [(e, p, s) for e in ENTRIES for p in POINTS for s in SIGNALS
+            if not (e == "launcher supervisor" and p == "shutdown")]
     chosen = [r for r in rows if all(arg in " ".join(r) for arg in sys.argv[1:])]
     results = []
     with tempfile.TemporaryDirectory() as tmp:

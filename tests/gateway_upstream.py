@@ -11,18 +11,24 @@ from __future__ import annotations
 
 import http.server
 import json
+import select
 import socket
 import threading
 import time
 from typing import Any
 
 import uvicorn
+from pydantic import TypeAdapter
 
+from helpers.gateway.connection import uvicorn_config
 from helpers.ports import free_port
 
 MODEL = "fake-model"
 PIECES = ("Hello", ",", " gateway", "!")
 GATE_TIMEOUT_S = 10.0
+
+
+STREAM_FLAG = TypeAdapter(bool | None)  # vLLM's type for "stream"
 
 
 class FakeUpstream:
@@ -33,6 +39,8 @@ class FakeUpstream:
         self.die_after: int | None = None       # streams: close the connection after this many events
         self.gate: threading.Event | None = None  # streams: wait for it before the last piece
         self.delay = 0.0                        # seconds between streamed events
+        self.hold = 0.0                         # non-streamed answers: wait this long, watching the caller
+        self.listing_extra: dict[str, Any] = {}  # more fields of the model in GET /v1/models
         self.api_key: str | None = None
         self.requests: list[dict[str, Any]] = []
         self.sent_last = False
@@ -127,7 +135,8 @@ class FakeUpstream:
                 if self.path != "/v1/models":
                     self._json(404, {"error": {"message": "no such route", "type": "NotFound", "code": 404}})
                     return
-                self._json(200, {"object": "list", "data": [{"id": upstream.model, "object": "model"}]})
+                self._json(200, {"object": "list", "data": [{"id": upstream.model, "object": "model",
+                                                             **upstream.listing_extra}]})
 
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
@@ -148,7 +157,12 @@ class FakeUpstream:
                                                "type": "NotFoundError", "param": "model", "code": 404}})
                     return
                 chat = self.path == "/v1/chat/completions"
-                if not body.get("stream"):
+                if not STREAM_FLAG.validate_python(body.get("stream")):  # as vLLM reads it: "true", 1 stream too
+                    if upstream.hold and self._caller_left_within(upstream.hold):
+                        with upstream.changed:
+                            upstream.client_gone += 1
+                            upstream.changed.notify_all()
+                        return
                     self._json(200, upstream.completion(chat, body))
                     return
                 self.send_response(200)
@@ -176,6 +190,11 @@ class FakeUpstream:
                 self._chunk(b"data: [DONE]\n\n")
                 self.wfile.write(b"0\r\n\r\n")
 
+            def _caller_left_within(self, seconds: float) -> bool:
+                """Whether the caller closed its connection within ``seconds`` (as vLLM notices it)."""
+                ready, _, _ = select.select([self.connection], [], [], seconds)
+                return bool(ready) and self.connection.recv(1, socket.MSG_PEEK) == b""
+
             def _chunk(self, data: bytes) -> None:
                 self.wfile.write(f"{len(data):X}\r\n".encode() + data + b"\r\n")
                 self.wfile.flush()
@@ -197,8 +216,10 @@ class GatewayThread:
     def __init__(self, app) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error",
-                                                    timeout_graceful_shutdown=1))
+        config = (uvicorn_config(app, "127.0.0.1", self.port, log_level="error", timeout_graceful_shutdown=1)
+                  if hasattr(app.state, "config") else  # a gateway app: its limits where bytes arrive
+                  uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="error", timeout_graceful_shutdown=1))
+        self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="gateway", daemon=True)
 
     def __enter__(self) -> "GatewayThread":

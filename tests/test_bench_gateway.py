@@ -22,7 +22,7 @@ RECORDS = [level("direct", r, 8, ttft, 1000.0) for r, ttft in enumerate((1.0, 2.
 
 def test_added_latency_is_the_difference_of_the_medians_over_rounds():
     (row,) = overhead_rows(RECORDS)
-    assert row["direct_ttft_ms_p50"] == 2.0 and row["gateway_ttft_ms_p50"] == 2.5  # medians: the 9.0 is an outlier
+    assert row["direct_ttft_ms_p50"] == 2.0 and row["via_ttft_ms_p50"] == 2.5 and row["via"] == "gateway"  # medians: the 9.0 is an outlier
     assert row["added_ttft_ms_p50"] == 0.5 and row["added_e2e_ms_p50"] == 5.0
     assert round(row["throughput_loss_pct"], 6) == 5.0 and row["rounds"] == 3
 
@@ -34,7 +34,15 @@ def test_gateway_records_round_trip_and_print_as_their_own_table(tmp_path):
     text = table(loaded)
     assert "+TTFT p50" in text and "+0.50" in text and "+5.0 %" in text
     (sentence,) = overhead_conclusions(loaded)["text"]
-    assert "added 0.50 ms to the median time to first token" in sentence and "-5.0 %" in sentence
+    assert "gateway added 0.50 ms to the median time to first token" in sentence and "-5.0 %" in sentence
+
+
+def test_the_router_gets_a_row_of_its_own_against_the_same_direct_runs():
+    router = [{**level("router", r, 8, ttft, 990.0), "path": "router"} for r, ttft in enumerate((1.2, 2.2, 3.2))]
+    rows = overhead_rows(RECORDS + router)
+    assert [row["via"] for row in rows] == ["gateway", "vllm-router"]
+    assert round(rows[1]["added_ttft_ms_p50"], 6) == 0.2 and round(rows[1]["throughput_loss_pct"], 6) == 1.0
+    assert "vllm-router" in table(RECORDS + router)
 
 
 def test_a_level_with_only_one_path_is_not_compared():

@@ -21,6 +21,7 @@ from helpers import process
 from helpers.errors import GatewayError
 from helpers.gateway import PROTOCOLS, GatewayConfig, Protocol, create_app, start_gateway
 from helpers.gateway.cli import main as cli_main
+from helpers.gateway.limits import Limits
 from helpers.gateway.protocols import ChatRequest
 from helpers.ports import port_is_free
 
@@ -212,7 +213,7 @@ def test_a_new_protocol_is_one_registered_class_and_internal_errors_stay_inside(
 
 # -- bad input ----------------------------------------------------------------------------------
 def test_bad_bodies_and_routes_get_clear_4xx(upstream):
-    with serve([upstream.url], max_body_bytes=1000) as gw:
+    with serve([upstream.url], limits=Limits(max_body_bytes=1000)) as gw:
         big = {"prompt": "x" * 2000}
         assert_error(call(gw, "POST", "/generate", big), 413, "limit of 1000 bytes")
         chunked = httpx.post(gw.url + "/v1/completions", content=iter([json.dumps(big).encode()]))

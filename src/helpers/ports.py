@@ -12,6 +12,24 @@ def connect_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0") else host
 
 
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a server bound to ``host`` is reachable from this machine only."""
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def exposure_problem(host: str, has_key: bool, *, set_key: str, opt_out: str) -> str | None:
+    """Why a gateway bound to ``host`` without a key is unsafe (None when it is not): anyone who
+    reaches the port may use the model. ``set_key``/``opt_out`` say how, in the caller's terms."""
+    if is_loopback(host) or has_key:
+        return None
+    where = "every network interface" if host in ("", "0.0.0.0", "::") else f"the address {host}"
+    return (f"a gateway on {host} listens on {where}, and without a key anyone who can reach this machine may use "
+            f"the model: {set_key}, or {opt_out} if a firewall or a proxy in front already checks who calls")
+
+
 def free_port(host: str = DEFAULT_HOST) -> int:
     """A TCP port nobody listens on right now (the kernel picks it)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

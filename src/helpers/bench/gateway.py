@@ -2,11 +2,13 @@
 
 For each upstream (the course's vLLM server, and :mod:`helpers.instant_upstream`, which
 answers as fast as it can write, so that whatever the gateway adds is the gateway's) and each
-concurrency level, the same requests are streamed to ``upstream/v1/completions`` and to
-``gateway/v1/completions``, alternating which goes first, ``rounds`` times. Each run is a
-``gateway`` record (a serving level plus ``path`` and ``upstream``); :func:`overhead_rows`
-takes the median over rounds and reports what the gateway added to TTFT and end-to-end
-latency (p50, p99, ms) and the output throughput it lost (%).
+concurrency level, the same requests are streamed to ``upstream/v1/completions``, to
+``gateway/v1/completions`` and, when it is installed, through ``vllm-router`` (vLLM's Rust
+router, the reference for what a relay can cost), rotating which goes first, ``rounds``
+times. Each run is a ``gateway`` record (a serving level plus ``path`` and ``upstream``);
+:func:`overhead_rows` takes the median over rounds and reports, for each relay, what it added
+to TTFT and end-to-end latency (p50, p99, ms) and the output throughput it lost (%). Against
+the instant upstream every token is one SSE event, so its tokens/s are the relay's chunks/s.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from .records import timestamp
 from .serving import ServeConfig, run_level, level_record, normalize_base_url
 from .text_table import render_table
 
-PATHS = ("direct", "gateway")
+PATHS = ("direct", "gateway", "router")
+VIA = {"gateway": "gateway", "router": "vllm-router"}
 METRICS = ("ttft_ms_p50", "ttft_ms_p99", "e2e_ms_p50", "e2e_ms_p99")
 
 
@@ -45,13 +48,17 @@ class OverheadConfig:
 
 
 async def measure_overhead_async(upstream_url: str, gateway_url: str, model: str, vocab_ids: Sequence[int],
-                                 config: OverheadConfig, *, upstream: str, progress: bool = True) -> list[dict]:
-    """One ``gateway`` record per (round, level, path); the two paths get the same requests."""
+                                 config: OverheadConfig, *, upstream: str, progress: bool = True,
+                                 router_url: str | None = None) -> list[dict]:
+    """One ``gateway`` record per (round, level, path); every path gets the same requests."""
     serve = ServeConfig(concurrency=config.concurrency, requests_per_level=config.requests_per_level,
                         input_len=config.input_len, output_len=config.output_len, seed=config.seed,
                         warmup_requests=0, request_timeout_s=config.request_timeout_s)
     urls = {"direct": normalize_base_url(upstream_url) + "/v1/completions",
             "gateway": normalize_base_url(gateway_url) + "/v1/completions"}
+    if router_url:
+        urls["router"] = normalize_base_url(router_url) + "/v1/completions"
+    paths = [path for path in PATHS if path in urls]
     warm = make_requests(vocab_ids, "fixed", 4, input_len=config.input_len, output_len=4, seed=config.seed + 1)
     for url in urls.values():  # connections, caches and the JIT-less Python paths warmed on both
         await run_level(url, model, warm, 4, serve)
@@ -60,8 +67,8 @@ async def measure_overhead_async(upstream_url: str, gateway_url: str, model: str
         for level, concurrency in enumerate(config.concurrency):
             requests = make_requests(vocab_ids, "fixed", config.requests_per_level, input_len=config.input_len,
                                      output_len=config.output_len, seed=config.seed, variant=round_index * 100 + level)
-            order = PATHS if (round_index + level) % 2 == 0 else PATHS[::-1]
-            for path in order:
+            shift = (round_index + level) % len(paths)
+            for path in paths[shift:] + paths[:shift]:
                 results, duration = await run_level(urls[path], model, requests, concurrency, serve)
                 record = {"kind": "gateway", "path": path, "upstream": upstream, "round": round_index,
                           "engine": "vllm-server" if upstream == "vllm" else upstream, "model": model,
@@ -81,14 +88,17 @@ UPSTREAMS = ("instant", "vllm")
 
 
 def run_gateway_overhead(settings, config: OverheadConfig | None = None, *, upstreams: Sequence[str] = UPSTREAMS,
-                         out=None, progress: bool = True) -> list[dict[str, Any]]:
-    """Start each upstream and a gateway in front of it, measure both paths, save the records.
+                         out=None, progress: bool = True, router: bool | None = None) -> list[dict[str, Any]]:
+    """Start each upstream, a gateway and (``router``; default: when installed) vllm-router in
+    front of it, measure every path, save the records.
 
     ``instant`` is :class:`helpers.instant_upstream.InstantUpstream`; ``vllm`` the profile's
     server (:class:`helpers.server.VLLMServer`). Everything started is stopped on the way out.
     """
+    import contextlib
     import time
 
+    from .. import vllm_router
     from ..gateway import start_gateway
     from ..instant_upstream import InstantUpstream
     from .loop import run_sync
@@ -102,13 +112,15 @@ def run_gateway_overhead(settings, config: OverheadConfig | None = None, *, upst
     records: list[dict[str, Any]] = []
     out = out or default_results_dir() / f"gateway-{settings.profile}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
+    with_router = vllm_router.installed() if router is None else router
+
     def measure(upstream: str, base_url: str, model: str, vocab_ids: Sequence[int]) -> None:
-        gateway = start_gateway([base_url])
-        try:
+        with contextlib.ExitStack() as stack:
+            gateway = stack.enter_context(start_gateway([base_url], progress=progress))
+            routed = stack.enter_context(vllm_router.VLLMRouter([base_url])) if with_router else None
             records.extend(run_sync(measure_overhead_async(base_url, gateway.base_url, model, vocab_ids, config,
-                                                           upstream=upstream, progress=progress)))
-        finally:
-            gateway.stop()
+                                                           upstream=upstream, progress=progress,
+                                                           router_url=routed and routed.base_url)))
         save_records(records, out, kind="gateway", config=asdict(config), profile=settings.profile)
 
     if "instant" in upstreams:
@@ -131,40 +143,41 @@ def _median(values: Sequence[float | None]) -> float | None:
 
 
 def overhead_rows(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per (upstream, concurrency): medians over rounds of each path, and what the gateway added."""
+    """Per (upstream, concurrency, relay): medians over rounds of the direct path and the relay's,
+    and what the relay added."""
     rows = []
-    for upstream, concurrency in sorted({(r["upstream"], r["concurrency"]) for r in records}):
-        paths = {path: [r for r in records if (r["upstream"], r["concurrency"], r["path"]) == (upstream, concurrency, path)]
-                 for path in PATHS}
-        if not all(paths.values()):
+    keys = sorted({(r["upstream"], r["concurrency"]) for r in records})
+    for (upstream, concurrency), path in ((key, path) for key in keys for path in PATHS[1:]):
+        direct = [r for r in records if (r["upstream"], r["concurrency"], r["path"]) == (upstream, concurrency, "direct")]
+        via = [r for r in records if (r["upstream"], r["concurrency"], r["path"]) == (upstream, concurrency, path)]
+        if not direct or not via:
             continue
-        row: dict[str, Any] = {"upstream": upstream, "concurrency": concurrency, "rounds": len(paths["gateway"]),
-                               "failed": sum(r["failed"] for group in paths.values() for r in group)}
+        row: dict[str, Any] = {"upstream": upstream, "concurrency": concurrency, "via": VIA[path], "rounds": len(via),
+                               "failed": sum(r["failed"] for r in direct + via)}
         for name in (*METRICS, "output_tokens_per_s"):
-            direct = _median([r.get(name) for r in paths["direct"]])
-            gateway = _median([r.get(name) for r in paths["gateway"]])
-            row[f"direct_{name}"], row[f"gateway_{name}"] = direct, gateway
+            row[f"direct_{name}"] = direct_value = _median([r.get(name) for r in direct])
+            row[f"via_{name}"] = via_value = _median([r.get(name) for r in via])
             if name in METRICS:
-                row[f"added_{name}"] = None if direct is None or gateway is None else gateway - direct
-        direct_tps, gateway_tps = row["direct_output_tokens_per_s"], row["gateway_output_tokens_per_s"]
-        row["throughput_loss_pct"] = (100 * (1 - gateway_tps / direct_tps)) if direct_tps and gateway_tps else None
+                row[f"added_{name}"] = None if direct_value is None or via_value is None else via_value - direct_value
+        direct_tps, via_tps = row["direct_output_tokens_per_s"], row["via_output_tokens_per_s"]
+        row["throughput_loss_pct"] = (100 * (1 - via_tps / direct_tps)) if direct_tps and via_tps else None
         rows.append(row)
     return rows
 
 
 def overhead_table(records: Sequence[dict[str, Any]]) -> str:
-    """The gateway's added latency and lost throughput, one line per upstream and level."""
+    """What each relay added and lost, one line per upstream, level and relay."""
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:+.2f}"
 
-    header = ["upstream", "conc.", "rounds", "failed", "+TTFT p50", "+TTFT p99", "+E2E p50", "+E2E p99",
-              "direct tok/s", "gateway tok/s", "throughput loss"]
-    rows = [[r["upstream"], str(r["concurrency"]), str(r["rounds"]), str(r["failed"]),
+    header = ["upstream", "conc.", "via", "rounds", "failed", "+TTFT p50", "+TTFT p99", "+E2E p50", "+E2E p99",
+              "direct tok/s", "via tok/s", "throughput loss"]
+    rows = [[r["upstream"], str(r["concurrency"]), r["via"], str(r["rounds"]), str(r["failed"]),
              *(ms(r[f"added_{m}"]) for m in METRICS),
-             f"{r['direct_output_tokens_per_s']:,.0f}", f"{r['gateway_output_tokens_per_s']:,.0f}",
+             f"{r['direct_output_tokens_per_s']:,.0f}", f"{r['via_output_tokens_per_s']:,.0f}",
              "-" if r["throughput_loss_pct"] is None else f"{r['throughput_loss_pct']:+.1f} %"] for r in overhead_rows(records)]
-    return render_table(header, rows) + "\nadded latency in ms (gateway minus direct, medians over rounds); " \
-                                   "loss = 1 - gateway / direct output tokens/s"
+    return render_table(header, rows) + "\nadded latency in ms (relay minus direct, medians over rounds); " \
+                                   "loss = 1 - relayed / direct output tokens/s (instant upstream: tokens = SSE chunks)"
 
 
 def _number(value: float | None, spec: str) -> str:
@@ -172,17 +185,15 @@ def _number(value: float | None, spec: str) -> str:
 
 
 def overhead_conclusions(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """The sentences worth quoting: the gateway's cost at the highest level, per upstream."""
+    """The sentences worth quoting: each relay's cost at the highest level, per upstream."""
     rows = overhead_rows(records)
     text = []
-    for upstream in sorted({r["upstream"] for r in rows}):
-        top = max((r for r in rows if r["upstream"] == upstream), key=lambda r: r["concurrency"])
+    for upstream, via in sorted({(r["upstream"], r["via"]) for r in rows}, key=lambda k: (k[0], k[1] != "gateway")):
+        top = max((r for r in rows if (r["upstream"], r["via"]) == (upstream, via)), key=lambda r: r["concurrency"])
         ttft, e2e, loss = top["added_ttft_ms_p50"], top["added_e2e_ms_p50"], top["throughput_loss_pct"]
-        text.append(f"Against the {upstream} upstream at {top['concurrency']} concurrent streams the gateway added "
+        text.append(f"Against the {upstream} upstream at {top['concurrency']} concurrent streams the {via} added "
                     f"{_number(ttft, '.2f')} ms to the median time to first token and {_number(e2e, '.2f')} ms "
                     f"to the median request; output throughput changed by "
                     f"{_number(None if loss is None else -loss, '+.1f')} % "
                     f"({top['failed']} failed requests over {top['rounds']} rounds).")
     return {"rows": rows, "text": text}
-
-

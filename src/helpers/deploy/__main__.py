@@ -15,7 +15,7 @@ import os
 import sys
 
 from ..cli_args import OneLineParser, course_command, exit_with, one_of
-from ..errors import CourseError
+from ..errors import CourseError, DeployError
 from ..server_command import format_command
 from .config import KNOWN, DeployConfig
 
@@ -48,9 +48,16 @@ def main(argv: list[str] | None = None) -> int:
         except CourseError as exc:
             print(f"{PROG}: {exc}", file=sys.stderr)
             return 2
+        problem = config.gateway_exposure()
+        if problem:
+            print(f"{PROG}: {problem}", file=sys.stderr)
+            return 2
         print(f"{args.env}: OK ({config.settings.profile} profile, model {config.settings.model_id})")
         print("vLLM:    " + _shown(config, config.vllm_command(), config.vllm_environment()))
         print("gateway: " + _shown(config, config.gateway_command(), config.gateway_environment()))
+        if config.gateway_exposure("0.0.0.0"):
+            print("note: docker compose publishes the gateway on every interface, where it refuses to start "
+                  "without a key: set GATEWAY_API_KEY in .env before `docker compose up`.")
         return 0
     values = {name: value for name, value in os.environ.items() if name in KNOWN}
     try:
@@ -61,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
             config.settings.ensure_model()
             command, extra = config.vllm_command(), config.vllm_environment()
         else:
+            problem = config.gateway_exposure()
+            if problem:
+                raise DeployError(problem)
             command, extra = config.gateway_command(args.upstream), config.gateway_environment()
     except CourseError as exc:
         print(f"{CONTAINER_PROG} {args.service}: {exc}", file=sys.stderr)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import DeployError, SettingsError
-from ..ports import DEFAULT_HOST, connect_host
+from ..ports import DEFAULT_HOST, connect_host, exposure_problem
 from ..server_command import cli_args, server_command
 from ..settings import OVERRIDES, PROFILES, Settings, get_settings
 
@@ -88,6 +88,7 @@ SERVICE_VARIABLES: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "GATEWAY_HOST": (_host, "an address, e.g. 127.0.0.1 or 0.0.0.0", DEFAULT_HOST),
     "GATEWAY_PORT": (_port, "a port number 1-65535, e.g. 9000", "9000"),
     "GATEWAY_API_KEY": (_any, "a secret string, or empty for none", ""),
+    "GATEWAY_NO_KEY_ON_NETWORK": (_boolean, "one of 1/0, true/false, yes/no", "0"),
     "RESTART_LIMIT": (_count, "an integer >= 0, e.g. 5", "5"),
     "RUN_DIR": (_folder, "a folder for the launcher's logs and state, e.g. run", "run"),
 }
@@ -192,9 +193,20 @@ class DeployConfig:
                 "--host", self.service["GATEWAY_HOST"], "--port", str(self.service["GATEWAY_PORT"])]
         if self.service["GATEWAY_API_KEY"]:
             argv += ["--api-key-env", "GATEWAY_API_KEY"]
+        if self.service["GATEWAY_NO_KEY_ON_NETWORK"]:
+            argv += ["--no-key-on-network"]
         if self.service["VLLM_API_KEY"]:
             argv += ["--upstream-api-key-env", "VLLM_API_KEY"]
         return argv
+
+    def gateway_exposure(self, host: str | None = None) -> str | None:
+        """Why the gateway on ``host`` (default GATEWAY_HOST) would serve the network without a key, or None."""
+        if self.service["GATEWAY_NO_KEY_ON_NETWORK"]:
+            return None
+        problem = exposure_problem(host or self.service["GATEWAY_HOST"], bool(self.service["GATEWAY_API_KEY"]),
+                                   set_key="set GATEWAY_API_KEY in .env",
+                                   opt_out="set GATEWAY_NO_KEY_ON_NETWORK=1")
+        return f"{self.source}: {problem}" if problem else None
 
     def gateway_environment(self) -> dict[str, str]:
         return {name: self.service[name] for name in ("GATEWAY_API_KEY", "VLLM_API_KEY") if self.service[name]}

@@ -11,16 +11,17 @@
 
 With ``api_keys`` configured every route but ``/health`` and ``/metrics`` wants
 ``Authorization: Bearer KEY``. Whatever goes wrong, the client gets an OpenAI-shaped error with
-a request id, never a stack trace (that goes to the gateway's log).
+a request id, never a stack trace (that goes to the gateway's log); a client that left is
+counted as status 499 and logged as nothing. Paths are matched exactly: no trailing-slash
+redirect (its ``Location`` would be built from the client's ``Host`` header).
 """
 
 from __future__ import annotations
 
-import hmac
+import json
 import logging
 from contextlib import asynccontextmanager
 
-import httpx
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -28,10 +29,13 @@ from starlette.exceptions import HTTPException
 
 from ..errors import GatewayError
 from .api_errors import ApiError, error_response, validation_message
-from .body import read_json_object
 from .config import GatewayConfig
+from .downstream import ClientGone, mark_gone
+from .keys import KeyCheck
 from .metrics import CONTENT_TYPE_LATEST, GatewayMetrics, RequestObserver
 from .openapi import install as install_openapi
+from .passthrough import ROUTES as PASS_THROUGH_ROUTES
+from .passthrough import PassThrough
 from .protocol_routes import make_endpoint
 from .protocols import PROTOCOLS
 from .relay import Relay
@@ -39,80 +43,61 @@ from .upstreams import UpstreamPool
 
 log = logging.getLogger("helpers.gateway")
 
-OPENAI_ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+OPENAI_ROUTES = (*PASS_THROUGH_ROUTES, "/v1/models")
 OPEN_ROUTES = ("/health", "/metrics")
-
-
-def _key_checker(keys: tuple[str, ...]):
-    """A dependency: 401 unless the request carries one of ``keys`` (constant-time compare)."""
-    expected = [key.encode() for key in keys]
-
-    async def require_key(request: Request) -> None:
-        if not expected:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not given.strip():
-            raise ApiError(401, "Missing API key: send the header 'Authorization: Bearer <key>' (with the openai "
-                                "SDK: api_key=...).", type="authentication_error", code="invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
-        matches = [hmac.compare_digest(given.strip().encode(), key) for key in expected]  # no early exit
-        if not any(matches):
-            raise ApiError(401, "Incorrect API key provided: check the key the gateway was started with.",
-                           type="authentication_error", code="invalid_api_key",
-                           headers={"WWW-Authenticate": "Bearer"})
-
-    return require_key
 
 
 def _request_id(request: Request) -> str | None:
     return getattr(request.state, "request_id", None)
 
 
-def create_app(config: GatewayConfig) -> FastAPI:
+def create_app(config: GatewayConfig) -> "GatewayApp":
     """A gateway app for ``config``; serve it with uvicorn (``python -m helpers.gateway`` does)."""
     unknown = [name for name in config.protocols if name not in PROTOCOLS]
     if unknown:
         raise GatewayError(f"Unknown protocol(s) {', '.join(unknown)}: the registry has {', '.join(PROTOCOLS)}.")
     headers = {"Authorization": f"Bearer {config.upstream_api_key}"} if config.upstream_api_key else {}
-    client = httpx.AsyncClient(timeout=httpx.Timeout(config.read_timeout, connect=config.connect_timeout),
-                               limits=httpx.Limits(max_connections=1000, max_keepalive_connections=100))
     metrics = GatewayMetrics()
-    pool = UpstreamPool(config.upstreams, config.policy, client, headers)
+    pool = UpstreamPool(config.upstreams, config.policy, headers, connect_timeout=config.connect_timeout,
+                        read_timeout=config.read_timeout)
     relay = Relay(config, pool, metrics)
+    keys = KeyCheck(config.api_keys)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         yield
-        await client.aclose()
+        await pool.close()
 
     app = FastAPI(title="vLLM hands-on gateway", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url=None)
+                  openapi_url=None, redirect_slashes=False)
     app.state.config, app.state.metrics, app.state.pool = config, metrics, pool
     protocol_routes = tuple(f"/{name}" for name in config.protocols)
     app.add_middleware(RequestObserver, metrics=metrics,
                        routes=frozenset(OPENAI_ROUTES + OPEN_ROUTES + protocol_routes))
-    protected = [Depends(_key_checker(config.api_keys))]
+    protected = [Depends(keys.dependency())]
 
-    # -- OpenAI-compatible pass-through --------------------------------------------------
-    async def completions(request: Request) -> Response:
-        body, data = await read_json_object(request, config.max_body_bytes)
-        return await relay.forward("POST", request.url.path, route=request.url.path, request_id=_request_id(request),
-                                   body=body, stream=data.get("stream") is True)
-
-    for path in OPENAI_ROUTES[:2]:
-        app.add_api_route(path, completions, methods=["POST"], dependencies=protected)
+    # -- OpenAI-compatible pass-through: a plain ASGI app (nothing in a stream's path) ----
+    passthrough = PassThrough(config, relay, keys)
+    for path in PASS_THROUGH_ROUTES:
+        app.router.add_route(path, passthrough, methods=["POST"])
 
     @app.get("/v1/models", dependencies=protected)
     async def models(request: Request) -> Response:
-        return await relay.forward("GET", "/v1/models", route="/v1/models", request_id=_request_id(request))
+        exchange = await relay.open("GET", "/v1/models", route="/v1/models", request_id=_request_id(request))
+        body = await relay.read(exchange)
+        try:
+            return JSONResponse(without_paths(json.loads(body)))
+        except ValueError:
+            raise ApiError(502, f"The upstream {exchange.upstream.url} answered GET /v1/models with something that "
+                                f"is not JSON: {body[:200]!r}", type="upstream_error", code=502) from None
 
     # -- protocols -----------------------------------------------------------------------
     for name in config.protocols:
-        app.add_api_route(f"/{name}", make_endpoint(PROTOCOLS[name](), relay, config.max_body_bytes),
+        app.add_api_route(f"/{name}", make_endpoint(PROTOCOLS[name](), relay, config.limits),
                           methods=["POST"], dependencies=protected)
 
     # -- operations ----------------------------------------------------------------------
-    @app.get("/health")
+    @app.api_route("/health", methods=["GET", "HEAD"])
     async def health() -> JSONResponse:
         upstreams = await pool.probe_all()
         usable = any(state["ok"] for state in upstreams)
@@ -140,6 +125,11 @@ def create_app(config: GatewayConfig) -> FastAPI:
             message = str(exc.detail)
         return error_response(ApiError(exc.status_code, message, code=exc.status_code), _request_id(request))
 
+    @app.exception_handler(ClientGone)
+    async def client_gone(request: Request, exc: ClientGone) -> Response:
+        mark_gone(request.scope)
+        return Response(status_code=499)  # nobody reads it: the client left
+
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         return error_response(ApiError(422, validation_message(list(exc.errors()))), _request_id(request))
@@ -153,4 +143,37 @@ def create_app(config: GatewayConfig) -> FastAPI:
                                        type="internal_error", code=500), request_id)
 
     install_openapi(app, config.protocols, protected=bool(config.api_keys))
-    return app
+    return GatewayApp(app, RequestObserver(passthrough, metrics=metrics, routes=frozenset(PASS_THROUGH_ROUTES)))
+
+
+class GatewayApp:
+    """The ASGI app uvicorn serves: ``POST`` to the pass-through routes goes straight to
+    :class:`~helpers.gateway.passthrough.PassThrough` (no framework layer in a stream's path),
+    everything else to the FastAPI app. ``state`` and ``openapi()`` are the FastAPI app's."""
+
+    def __init__(self, api: FastAPI, passthrough) -> None:
+        self.api, self.passthrough, self.state = api, passthrough, api.state
+
+    def openapi(self) -> dict:
+        return self.api.openapi()
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in PASS_THROUGH_ROUTES:
+            await self.passthrough(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+
+def without_paths(listing: dict) -> dict:
+    """vLLM's model list without the server's filesystem: ``root`` (the model folder) becomes the id,
+    a ``parent`` that is not a listed id is dropped."""
+    if not isinstance(listing, dict) or not isinstance(listing.get("data"), list):
+        return listing
+    ids = {model.get("id") for model in listing["data"] if isinstance(model, dict)}
+    for model in listing["data"]:
+        if isinstance(model, dict):
+            if "root" in model:
+                model["root"] = model.get("id")
+            if model.get("parent") is not None and model["parent"] not in ids:
+                model["parent"] = None
+    return listing

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..errors import GatewayError
+from .limits import Limits
 
 POLICIES = ("least-in-flight", "round-robin")
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
@@ -17,7 +18,6 @@ DEFAULT_READ_TIMEOUT_S = 600.0
 DEFAULT_RETRIES = 2
 DEFAULT_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 2.0
-DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 
 
 def normalize_upstream(url: str) -> str:
@@ -40,7 +40,8 @@ class GatewayConfig:
     gateway itself sends upstream. ``retries``: extra attempts after a connect error or a
     502/503, made only before the client received anything; ``backoff_s`` doubles each time
     the same upstream is tried again. ``protocols`` are names in
-    :data:`helpers.gateway.protocols.PROTOCOLS`; each becomes the route ``/NAME``.
+    :data:`helpers.gateway.protocols.PROTOCOLS`; each becomes the route ``/NAME``. ``limits``
+    bound what one client may send and ask for (:class:`~helpers.gateway.limits.Limits`).
     """
 
     upstreams: tuple[str, ...]
@@ -51,7 +52,7 @@ class GatewayConfig:
     read_timeout: float = DEFAULT_READ_TIMEOUT_S
     retries: int = DEFAULT_RETRIES
     backoff_s: float = DEFAULT_BACKOFF_S
-    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    limits: Limits = field(default_factory=Limits)
     protocols: tuple[str, ...] = ("chat", "generate")
 
     def __post_init__(self) -> None:
@@ -64,7 +65,9 @@ class GatewayConfig:
         object.__setattr__(self, "protocols", tuple(self.protocols))
         if self.policy not in POLICIES:
             raise GatewayError(f"policy={self.policy!r} is not a routing policy: use one of {', '.join(POLICIES)}.")
-        for name in ("connect_timeout", "read_timeout", "max_body_bytes"):
+        if not isinstance(self.limits, Limits):
+            raise GatewayError(f"limits={self.limits!r} must be a helpers.gateway.limits.Limits.")
+        for name in ("connect_timeout", "read_timeout"):
             if not getattr(self, name) > 0:
                 raise GatewayError(f"{name}={getattr(self, name)!r} must be a positive number.")
         if not (isinstance(self.retries, int) and self.retries >= 0) or self.backoff_s < 0:

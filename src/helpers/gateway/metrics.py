@@ -3,8 +3,10 @@
 Each app has a registry of its own (not ``prometheus_client``'s global one), so several gateways
 in one Python process, as in the tests, do not clash. :class:`RequestObserver` is the ASGI
 middleware that gives every request its id and counts it: route, status, latency, time to the
-first streamed byte, requests in flight. Tokens, upstream errors and retries are counted where
-they happen (:mod:`helpers.gateway.relay`).
+first streamed byte, requests in flight; a client that left before its answer ended is status
+``499`` (nginx's name for it). Tokens, upstream errors and retries are counted where they
+happen (:mod:`helpers.gateway.relay`), refusals at the connection in
+:mod:`helpers.gateway.connection`.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class GatewayMetrics:
                                        ["upstream", "kind"], registry=registry)
         self.retries = Counter("gateway_retries", "Attempts after the first one (retry or failover)",
                                ["route"], registry=registry)
+        self.refused = Counter("gateway_refused_connections", "Requests refused where bytes arrive, by limit",
+                               ["limit"], registry=registry)
         self.in_flight = Gauge("gateway_requests_in_flight", "Requests being answered now", registry=registry)
 
     def count_usage(self, route: str, usage: dict | None) -> None:
@@ -97,5 +101,7 @@ class RequestObserver:
             await self.app(scope, receive, observed_send)
         finally:
             self.metrics.in_flight.dec()
+            if scope["state"].get("client_gone"):
+                status = 499
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.monotonic() - started)

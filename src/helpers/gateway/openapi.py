@@ -26,7 +26,8 @@ PASS_THROUGH_BODIES: dict[str, dict[str, Any]] = {
         "temperature": {"type": "number"}, "stream": {"type": "boolean"}}},
 }
 ERROR_RESPONSES = {str(code): {"description": text} for code, text in (
-    (400, "the body is not a JSON object"), (401, "missing or wrong API key"), (413, "the body is too large"),
+    (400, "the body is not a JSON object, or asks for more than the limits allow"),
+    (401, "missing or wrong API key"), (413, "the body is too large"),
     (422, "a field is missing or has the wrong type or value"), (502, "no upstream could be reached"),
     (503, "no upstream is usable"), (504, "the upstream did not answer in time"))}
 
@@ -38,6 +39,10 @@ def _body(schema: dict[str, Any]) -> dict[str, Any]:
 def openapi_schema(app: FastAPI, protocols: tuple[str, ...], protected: bool) -> dict[str, Any]:
     """The schema of ``app`` with every POST body described and the errors it may answer."""
     schema = get_openapi(title=app.title, version="1.0", routes=app.routes)
+    for path in PASS_THROUGH_BODIES:  # plain ASGI routes (helpers.gateway.passthrough): FastAPI cannot see them
+        schema["paths"].setdefault(path, {})["post"] = {
+            "summary": f"OpenAI's {path}, relayed", "operationId": "post_" + path.strip("/").replace("/", "_"),
+            "responses": {"200": {"description": "the upstream's answer (JSON, or an SSE stream)"}}}
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     bodies = dict(PASS_THROUGH_BODIES)
     for name in protocols:

@@ -3,7 +3,8 @@
 The upstream is always asked through ``/v1/chat/completions``, so the model's chat template
 turns the messages into its prompt. Streamed answers are re-shaped event by event: one
 ``data: {...}`` per piece of text (the protocol's :meth:`~Protocol.shape_chunk`), a final event
-with ``finish_reason`` and ``usage``, then ``data: [DONE]``.
+with ``finish_reason`` and ``usage``, then ``data: [DONE]``. Streamed or not, a client that
+leaves cancels the upstream request (:func:`helpers.gateway.downstream.until_disconnect`).
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from fastapi.responses import JSONResponse, Response
 
 from .api_errors import REQUEST_ID_HEADER, ApiError
 from .body import parse, read_json_object
+from .downstream import StreamAnswer, until_disconnect
+from .limits import Limits
 from .protocols import Protocol
-from .relay import Exchange, Relay, RelayResponse, stream_error
+from .relay import Exchange, Relay, stream_error
+from .request_fields import check_generation
 
 UPSTREAM_PATH = "/v1/chat/completions"
 
@@ -27,15 +31,19 @@ def sse(data: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(data).encode() + b"\n\n"
 
 
-def make_endpoint(protocol: Protocol, relay: Relay, max_body_bytes: int):
+def make_endpoint(protocol: Protocol, relay: Relay, limits: Limits):
     """The FastAPI endpoint of ``protocol``: errors are shaped by the protocol too."""
     route = f"/{protocol.name}"
 
     async def endpoint(request: Request) -> Response:
         request_id = request.state.request_id
         try:
-            _, data = await read_json_object(request, max_body_bytes)
-            return await answer(protocol, parse(protocol.Request, data), relay, request_id, route)
+            _, data = await read_json_object(request, limits.max_body_bytes, limits.max_json_depth)
+            req = parse(protocol.Request, data)
+            if getattr(req, "max_tokens", None) is not None:
+                check_generation({"max_tokens": req.max_tokens}, limits, await relay.pool.context_length(),
+                                 batched=False)
+            return await until_disconnect(request.receive, answer(protocol, req, relay, request_id, route))
         except ApiError as error:
             return JSONResponse(protocol.shape_error(error.error(), request_id), status_code=error.status,
                                 headers={**error.headers, REQUEST_ID_HEADER: request_id})
@@ -50,9 +58,14 @@ async def answer(protocol: Protocol, req: Any, relay: Relay, request_id: str, ro
     started = time.monotonic()
     if getattr(req, "stream", False):
         payload.update(stream=True, stream_options={"include_usage": True})
-        exchange = await relay.check(await relay.open("POST", UPSTREAM_PATH, route=route, request_id=request_id,
-                                                      body=json.dumps(payload).encode()))
-        return RelayResponse(stream(protocol, relay, exchange, request_id, route, model), exchange.close)
+        exchange = await relay.open("POST", UPSTREAM_PATH, route=route, request_id=request_id,
+                                    body=json.dumps(payload).encode())
+        try:
+            await relay.check(exchange)
+        except BaseException:  # an error answer, or the client left: the exchange is not handed on
+            exchange.close()
+            raise
+        return StreamAnswer(stream(protocol, relay, exchange, request_id, route, model), exchange.close)
     exchange = await relay.open("POST", UPSTREAM_PATH, route=route, request_id=request_id,
                                 body=json.dumps(payload).encode())
     body = await relay.read(exchange)

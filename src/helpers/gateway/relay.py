@@ -5,12 +5,14 @@ attempt is retried (on the next upstream, or the same one after a doubling backo
 connection could not be made, when the upstream dropped the connection before its status line
 (a server killed while it held the request: generation has no side effect, so sending it again
 is safe), or when it answered 502 or 503; all happen before the answer's status line reaches
-the client. A read timeout is not retried: a slow upstream would get the work twice. Once a stream began, a failure cannot be undone: the
-client gets a last SSE event ``data: {"error": {...}}`` and the stream ends; the upstream is
-marked down (the gateway itself stays up).
+the client. A read timeout is not retried: a slow upstream would get the work twice. Once a
+stream began, a failure cannot be undone: the client gets a last SSE event
+``data: {"error": {...}}`` and the stream ends; the upstream is marked down (the gateway itself
+stays up).
 
-Streams are relayed chunk by chunk: each chunk read from the upstream is written to the client
-(and awaited, so a slow client slows its own stream, not the gateway) before the next is read.
+An :class:`Exchange` that ends before its answer was read whole (the client left, a limit, an
+error) closes its upstream connection: vLLM sees the disconnect and aborts the request, so
+nobody's GPU works for a client that is gone.
 """
 
 from __future__ import annotations
@@ -19,22 +21,21 @@ import asyncio
 import json
 import logging
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, AsyncIterator
 
-import anyio
-import httpx
-from fastapi.responses import Response, StreamingResponse
+import aiohttp
 
 from .api_errors import ApiError, sse_error, upstream_error
 from .config import MAX_BACKOFF_S, GatewayConfig
 from .metrics import GatewayMetrics
-from .upstreams import Upstream, UpstreamPool, describe
+from .upstreams import CONNECT_ERRORS, Upstream, UpstreamPool, describe
 
 log = logging.getLogger("helpers.gateway")
 
 RETRYABLE_STATUS = (502, 503)
 #: The upstream closed or reset the connection before any answer: safe to send elsewhere.
-DROPPED_BEFORE_ANSWER = (httpx.RemoteProtocolError, httpx.ReadError)
+DROPPED_BEFORE_ANSWER = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
+UPSTREAM_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}  # no proxy may buffer a stream
 
 
@@ -43,32 +44,26 @@ class Exchange:
     """One upstream answer, open: its headers arrived, its body is still to be read."""
 
     upstream: Upstream
-    response: httpx.Response
+    response: aiohttp.ClientResponse
     closed: bool = False
 
-    async def close(self) -> None:
-        """Idempotent; also counts the upstream's request as finished."""
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    @property
+    def content_type(self) -> str:
+        return self.response.headers.get("content-type", "application/json")
+
+    def close(self) -> None:
+        """Idempotent; an answer not read to its end closes the connection (the upstream aborts it)."""
         if not self.closed:
             self.closed = True
-            try:
-                with anyio.CancelScope(shield=True):  # even while the request is being cancelled
-                    await self.response.aclose()
-            finally:
-                self.upstream.in_flight -= 1
-
-
-class RelayResponse(StreamingResponse):
-    """A stream whose upstream answer is closed however the stream ends (client gone included)."""
-
-    def __init__(self, content: AsyncIterator[bytes], on_close: Callable[[], Awaitable[None]]) -> None:
-        super().__init__(content, media_type="text/event-stream", headers=SSE_HEADERS)
-        self.on_close = on_close
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            await self.on_close()
+            if self.response.content.at_eof():
+                self.response.release()
+            else:
+                self.response.close()
+            self.upstream.in_flight -= 1
 
 
 class Relay:
@@ -88,7 +83,7 @@ class Relay:
         """The first usable answer's headers, after at most ``1 + retries`` attempts."""
         tried: list[Upstream] = []
         last: ApiError | None = None
-        headers = {**self.pool.headers, "x-request-id": request_id, "Accept-Encoding": "identity"}
+        headers = {**self.pool.headers, "X-Request-Id": request_id, "Accept-Encoding": "identity"}
         if body is not None:
             headers["Content-Type"] = "application/json"
         for attempt in range(1 + self.config.retries):
@@ -100,13 +95,13 @@ class Relay:
             tried.append(upstream)
             upstream.in_flight += 1
             try:
-                request = self.pool.client.build_request(method, upstream.url + path, content=body, headers=headers)
-                response = await self.pool.client.send(request, stream=True)
+                response = await self.pool.client.request(method, upstream.url + path, data=body, headers=headers,
+                                                          allow_redirects=False)
             except BaseException as exc:
                 upstream.in_flight -= 1
-                if not isinstance(exc, httpx.HTTPError):
+                if not isinstance(exc, UPSTREAM_ERRORS):
                     raise
-                if isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout)):
+                if isinstance(exc, CONNECT_ERRORS):
                     self.failed(upstream, "connect", describe(exc))
                     last = ApiError(502, f"The upstream {upstream.url} is unreachable: {describe(exc)}. "
                                          f"Tried {len(tried)} time(s): {', '.join(u.url for u in tried)}. "
@@ -117,20 +112,20 @@ class Relay:
                     continue
                 raise self.broken(upstream, exc) from None
             exchange = Exchange(upstream, response)
-            if response.status_code in RETRYABLE_STATUS and attempt < self.config.retries:
-                await exchange.close()
-                self.failed(upstream, f"http_{response.status_code}",
-                            f"answered HTTP {response.status_code} (will retry)", down=False)
+            if response.status in RETRYABLE_STATUS and attempt < self.config.retries:
+                exchange.close()
+                self.failed(upstream, f"http_{response.status}", f"answered HTTP {response.status} (will retry)",
+                            down=False)
                 continue
-            if response.status_code < 500:
+            if response.status < 500:
                 upstream.mark_up()
             return exchange
         assert last is not None
         raise last
 
-    def broken(self, upstream: Upstream, exc: httpx.HTTPError) -> ApiError:
+    def broken(self, upstream: Upstream, exc: BaseException) -> ApiError:
         """The upstream accepted the request, then failed: read timeout, reset, garbage."""
-        timeout = isinstance(exc, httpx.TimeoutException)
+        timeout = isinstance(exc, asyncio.TimeoutError)
         self.failed(upstream, "timeout" if timeout else "broken", describe(exc))
         if timeout:
             return ApiError(504, f"The upstream {upstream.url} did not answer within the read timeout "
@@ -141,12 +136,12 @@ class Relay:
     async def read(self, exchange: Exchange) -> bytes:
         """The whole body; an error answer (4xx, 5xx) becomes an OpenAI-shaped :class:`ApiError`."""
         try:
-            body = await exchange.response.aread()
-        except httpx.HTTPError as exc:
+            body = await exchange.response.read()
+        except UPSTREAM_ERRORS as exc:
             raise self.broken(exchange.upstream, exc) from None
         finally:
-            await exchange.close()
-        status = exchange.response.status_code
+            exchange.close()
+        status = exchange.status
         if status >= 400:
             if status >= 500:
                 self.failed(exchange.upstream, f"http_{status}", f"answered HTTP {status}", down=False)
@@ -155,39 +150,27 @@ class Relay:
 
     async def check(self, exchange: Exchange) -> Exchange:
         """For streams: an error answer is read and raised before the client sees anything."""
-        if exchange.response.status_code >= 400:
+        if exchange.status >= 400:
             await self.read(exchange)
         return exchange
 
-    # -- the OpenAI routes: pass-through ------------------------------------------------------
-    async def forward(self, method: str, path: str, *, route: str, request_id: str, body: bytes | None = None,
-                      stream: bool = False) -> Response:
-        exchange = await self.check(await self.open(method, path, route=route, request_id=request_id, body=body))
-        content_type = exchange.response.headers.get("content-type", "application/json")
-        if stream and content_type.startswith("text/event-stream"):
-            return RelayResponse(self.relay_bytes(exchange, route, request_id), exchange.close)
-        data = await self.read(exchange)
-        self.metrics.count_usage(route, usage_of(data))
-        return Response(data, status_code=exchange.response.status_code, media_type=content_type)
-
-    async def relay_bytes(self, exchange: Exchange, route: str, request_id: str) -> AsyncIterator[bytes]:
-        """The upstream's stream, byte for byte; a broken upstream ends it with an error event."""
-        events, tail = UsageScanner(), b""
+    async def chunks(self, exchange: Exchange, request_id: str) -> AsyncIterator[bytes]:
+        """The upstream's stream as it arrives (whatever is buffered, in one piece); a break ends it
+        with an SSE error event."""
+        tail = b""
         try:
-            async for chunk in exchange.response.aiter_bytes():
-                events.feed(chunk)
-                tail = (tail + chunk)[-2:]
+            async for chunk in exchange.response.content.iter_any():
+                tail = chunk
                 yield chunk
-        except httpx.HTTPError as exc:
+        except UPSTREAM_ERRORS as exc:
             error = self.broken(exchange.upstream, exc)
-            yield (b"" if tail in (b"", b"\n\n") else b"\n\n") + sse_error(stream_error(error), request_id)
-        finally:
-            self.metrics.count_usage(route, events.usage)
+            yield (b"" if tail.endswith(b"\n\n") or not tail else b"\n\n") + sse_error(stream_error(error), request_id)
 
     async def events(self, exchange: Exchange) -> AsyncIterator[dict[str, Any]]:
         """The upstream's SSE ``data:`` objects, parsed, until ``[DONE]``; a break raises :class:`ApiError`."""
         try:
-            async for line in exchange.response.aiter_lines():
+            async for raw in exchange.response.content:
+                line = raw.decode("utf-8", errors="replace").strip()
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -199,7 +182,7 @@ class Relay:
                     continue
                 if isinstance(event, dict):
                     yield event
-        except httpx.HTTPError as exc:
+        except UPSTREAM_ERRORS as exc:
             raise self.broken(exchange.upstream, exc) from None
 
 
@@ -218,15 +201,25 @@ def usage_of(body: bytes) -> dict | None:
 
 
 class UsageScanner:
-    """Finds the ``usage`` object in an SSE stream relayed as raw bytes (``include_usage``)."""
+    """Finds the ``usage`` object of an SSE stream relayed as raw bytes (``include_usage``).
+
+    vLLM sends usage in the last event before ``[DONE]``, so only the stream's tail is kept:
+    the cost per chunk is one bounded slice, whatever the stream's length.
+    """
+
+    TAIL_BYTES = 8192
 
     def __init__(self) -> None:
-        self.buffer, self.usage = b"", None
+        self.tail = b""
 
     def feed(self, chunk: bytes) -> None:
-        self.buffer += chunk
-        *events, self.buffer = self.buffer.replace(b"\r\n", b"\n").split(b"\n\n")
-        for event in events:
+        self.tail = (self.tail + chunk)[-self.TAIL_BYTES:] if len(chunk) < self.TAIL_BYTES else chunk[-self.TAIL_BYTES:]
+
+    @property
+    def usage(self) -> dict | None:
+        for event in reversed(self.tail.replace(b"\r\n", b"\n").split(b"\n\n")):
             if b'"usage"' in event and event.startswith(b"data:"):
                 usage = usage_of(event[5:])
-                self.usage = usage or self.usage
+                if usage:
+                    return usage
+        return None

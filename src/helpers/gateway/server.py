@@ -31,8 +31,9 @@ import httpx
 from .. import process
 from ..engine_log import LOG_DIR
 from ..errors import GatewayError
-from ..ports import DEFAULT_HOST, busy_port_message, connect_host, free_port, port_is_free
+from ..ports import DEFAULT_HOST, busy_port_message, connect_host, exposure_problem, free_port, port_is_free
 from .config import DEFAULT_READ_TIMEOUT_S, DEFAULT_RETRIES, POLICIES, normalize_upstream
+from .limits import Limits
 
 DEFAULT_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
@@ -55,7 +56,8 @@ class GatewayServer:
                  policy: str = POLICIES[0], read_timeout: float = DEFAULT_READ_TIMEOUT_S,
                  retries: int = DEFAULT_RETRIES, env: Mapping[str, str] | None = None,
                  log_path: str | Path | None = None, timeout: float = DEFAULT_TIMEOUT_S,
-                 progress: bool = True) -> None:
+                 progress: bool = True, limits: Mapping[str, float] | None = None,
+                 no_key_on_network: bool = False) -> None:
         if isinstance(upstreams, (str, bytes)) or not isinstance(upstreams, Sequence):
             upstreams = [upstreams]
         self.upstreams = [_upstream_url(upstream) for upstream in upstreams]
@@ -71,6 +73,13 @@ class GatewayServer:
                 raise GatewayError(f"The environment variable {name} is not set or empty: set it to the key "
                                    f"(os.environ[{name!r}] = ...) or pass env={{{name!r}: ...}}. The gateway "
                                    "takes variable names, never keys, so no key appears in a command line.")
+        problem = exposure_problem(host, bool(api_key_envs), set_key="pass api_key_envs=['GATEWAY_KEY']",
+                                   opt_out="pass no_key_on_network=True")
+        if problem and not no_key_on_network:
+            raise GatewayError(problem[0].upper() + problem[1:] + ".")
+        self.limits = dict(limits or {})
+        Limits().replace(**self.limits)  # unknown names and bad values fail here, not in the child
+        self.no_key_on_network = no_key_on_network
         self.host, self.requested_port = host, None if port is None else int(port)
         self.api_key_envs, self.upstream_api_key_env = tuple(api_key_envs), upstream_api_key_env
         self.policy, self.read_timeout, self.retries = policy, float(read_timeout), int(retries)
@@ -89,6 +98,10 @@ class GatewayServer:
             argv += ["--api-key-env", name]
         if self.upstream_api_key_env:
             argv += ["--upstream-api-key-env", self.upstream_api_key_env]
+        for name, value in self.limits.items():
+            argv += ["--limit", f"{name}={value:g}"]
+        if self.no_key_on_network:
+            argv.append("--no-key-on-network")
         return argv
 
     @property

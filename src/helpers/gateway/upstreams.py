@@ -6,6 +6,11 @@ then by the policy, *least-in-flight* (fewest requests being answered now; ties 
 listed) or *round-robin* (each request starts one further along). A down upstream is still
 tried when nothing better is left, and ``GET /health`` probes every upstream: either way one
 that answers again is marked up. So a restarted server comes back without a restart of the gateway.
+
+The pool owns the gateway's one HTTP client (:mod:`aiohttp`, made on first use inside the
+running loop and closed with the app). It also learns each upstream's context length
+(``max_model_len`` in vLLM's model list), which caps ``max_tokens``
+(:mod:`helpers.gateway.limits`).
 """
 
 from __future__ import annotations
@@ -17,11 +22,13 @@ import time
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-import httpx
+import aiohttp
 
 from .api_errors import ApiError
 
 PROBE_TIMEOUT_S = 3.0
+#: The upstream failed while connecting: nothing was sent, trying elsewhere is always safe.
+CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
 
 @dataclass(eq=False)
@@ -32,9 +39,11 @@ class Upstream:
     ok: bool | None = None          # None: not tried yet
     last_error: str | None = None
     models: tuple[str, ...] = ()
+    max_model_len: int | None = None
     changed_at: float = 0.0
 
     def mark_up(self) -> None:
+        self.last_error = None
         if self.ok is not True:
             self.ok, self.changed_at = True, time.time()
 
@@ -52,11 +61,26 @@ class Upstream:
 class UpstreamPool:
     """The upstreams of one gateway and the policy that orders them."""
 
-    def __init__(self, urls: Sequence[str], policy: str, client: httpx.AsyncClient,
-                 headers: dict[str, str]) -> None:
+    def __init__(self, urls: Sequence[str], policy: str, headers: dict[str, str], *,
+                 connect_timeout: float, read_timeout: float) -> None:
         self.upstreams = [Upstream(url, index) for index, url in enumerate(urls)]
-        self.policy, self.client, self.headers = policy, client, headers
+        self.policy, self.headers = policy, headers
+        self.timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
+        self._client: aiohttp.ClientSession | None = None
         self._turn = itertools.count()
+
+    @property
+    def client(self) -> aiohttp.ClientSession:
+        """The gateway's HTTP client: pooled keep-alive connections, no proxy from the environment."""
+        if self._client is None or self._client.closed:
+            self._client = aiohttp.ClientSession(
+                timeout=self.timeout, trust_env=False, auto_decompress=False, skip_auto_headers=("User-Agent",),
+                connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30))
+        return self._client
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.close()
 
     def order(self) -> list[Upstream]:
         """The upstreams, best first, for the next attempt."""
@@ -75,13 +99,16 @@ class UpstreamPool:
     async def probe(self, upstream: Upstream) -> bool:
         """``GET /v1/models``: marks the upstream up (and remembers its models) or down."""
         try:
-            response = await self.client.get(f"{upstream.url}/v1/models", headers=self.headers,
-                                              timeout=PROBE_TIMEOUT_S)
-            if response.status_code != 200:
-                upstream.mark_down(f"GET /v1/models answered HTTP {response.status_code}")
-                return False
-            upstream.models = tuple(str(m.get("id")) for m in response.json().get("data", []) if m.get("id"))
-        except (httpx.HTTPError, ValueError, AttributeError) as exc:
+            async with self.client.get(f"{upstream.url}/v1/models", headers=self.headers,
+                                       timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT_S)) as response:
+                if response.status != 200:
+                    upstream.mark_down(f"GET /v1/models answered HTTP {response.status}")
+                    return False
+                data = (await response.json(content_type=None)).get("data", [])
+            upstream.models = tuple(str(m.get("id")) for m in data if m.get("id"))
+            lengths = [m.get("max_model_len") for m in data if isinstance(m.get("max_model_len"), int)]
+            upstream.max_model_len = min(lengths) if lengths else None
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError, AttributeError) as exc:
             upstream.mark_down(describe(exc))
             return False
         upstream.mark_up()
@@ -90,6 +117,17 @@ class UpstreamPool:
     async def probe_all(self) -> list[dict[str, Any]]:
         await asyncio.gather(*(self.probe(u) for u in self.upstreams))
         return [u.state() for u in self.upstreams]
+
+    async def context_length(self) -> int | None:
+        """The smallest ``max_model_len`` the upstreams report (probed once); None when none says."""
+        known = [u.max_model_len for u in self.upstreams if u.models]
+        if not known:
+            for upstream in self.order():
+                if await self.probe(upstream):
+                    break
+            known = [u.max_model_len for u in self.upstreams if u.models]
+        lengths = [n for n in known if n]
+        return min(lengths) if lengths else None
 
     async def served_model(self) -> str:
         """The one model the upstreams serve (asked once, then remembered): the default ``model``."""
@@ -115,15 +153,15 @@ def describe(exc: BaseException) -> str:
     """``ConnectError: [Errno 111] Connection refused`` -> a short reason for logs and /health."""
     reason = str(exc).strip() or "no details"
     seen, cause = 0, exc
-    while cause is not None and seen < 8:  # httpx and anyio wrap the OS error: quote that one
+    while cause is not None and seen < 8:  # aiohttp wraps the OS error: quote that one
         if isinstance(cause, OSError) and cause.errno:
             reason = os.strerror(cause.errno)
             break
         cause, seen = cause.__cause__ or cause.__context__, seen + 1
-    if isinstance(exc, httpx.ConnectError):
+    if isinstance(exc, aiohttp.ClientConnectorError):
         return f"cannot connect ({reason})"
-    if isinstance(exc, httpx.TimeoutException):
+    if isinstance(exc, asyncio.TimeoutError):
         return f"timed out ({type(exc).__name__})"
-    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)):
+    if isinstance(exc, (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError, aiohttp.ClientPayloadError)):
         return f"connection broken ({reason})"
     return f"{type(exc).__name__}: {reason}"
