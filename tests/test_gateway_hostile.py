@@ -281,8 +281,11 @@ def test_listening_beyond_loopback_without_a_key_is_refused_everywhere(tmp_path)
 
 def test_the_banner_names_the_address_it_is_bound_to(upstream):
     with start_gateway([upstream.url], host="0.0.0.0", no_key_on_network=True, progress=False) as gw:
-        log = gw.log_tail()
-        assert f"listening on http://0.0.0.0:{gw.port} (every interface" in log and "WARNING" in log
+        banner = f"listening on http://0.0.0.0:{gw.port} (every interface"
+        deadline = time.monotonic() + LIVENESS_S  # /health may answer a moment before the banner is written
+        while banner not in gw.log_tail() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert banner in gw.log_tail() and "WARNING" in gw.log_tail()
 
 
 def test_a_100_mib_header_costs_the_gateway_process_little_memory(upstream):
@@ -320,3 +323,39 @@ def test_a_bad_limit_on_the_command_line_is_one_line(argv, fragment):
     done = subprocess.run([sys.executable, "-m", "helpers.gateway", "--upstream", "http://127.0.0.1:9", *argv],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and done.stderr.count("\n") == 1 and fragment in done.stderr
+
+
+# -- limits on a reused connection, heads that arrive whole, budgets ---------------------------
+def test_a_refusal_on_a_reused_connection_is_still_answered(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=LIVENESS_S) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = b""
+        while b"\r\n\r\n" not in first or not first.rstrip().endswith(b"}"):
+            first += sock.recv(65536)
+        assert first.startswith(b"HTTP/1.1 200")
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 8000 + b"\r\n\r\n")
+        status, error = status_and_error(read_all(sock))
+    assert (status, error["code"]) == (431, "headers_too_large")
+
+
+def test_a_large_head_sent_in_one_piece_is_431(gateway):
+    answer = raw(gateway, b"GET /health HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 200_000 + b"\r\n\r\n")
+    status, error = status_and_error(answer)
+    assert (status, error["code"]) == (431, "headers_too_large")
+
+
+def test_the_gateways_token_limit_fills_in_a_missing_budget_and_reads_the_one_vllm_uses(upstream, gateway):
+    assert post(gateway, "/v1/chat/completions", CHAT).status_code == 200
+    assert upstream.posts()[-1]["body"]["max_tokens"] == SMALL.max_tokens
+    stale = {**CHAT, "max_tokens": 10 ** 6, "max_completion_tokens": 10}  # vLLM uses max_completion_tokens
+    assert post(gateway, "/v1/chat/completions", stale).status_code == 200
+    assert post(gateway, "/chat", {"messages": CHAT["messages"]}).status_code == 200
+    assert upstream.posts()[-1]["body"]["max_tokens"] == SMALL.max_tokens
+
+
+def test_large_limits_reach_the_gateway_process_intact():
+    server = GatewayServer("http://127.0.0.1:9", limits={"max_body_bytes": 4 << 20, "header_timeout_s": 2.5})
+    argv = server.command_for(9000)
+    assert "max_body_bytes=4194304" in argv and "header_timeout_s=2.5" in argv
+    from helpers.gateway.limits import parse_assignment
+    assert parse_assignment("max_body_bytes=4194304") == ("max_body_bytes", 4194304)

@@ -97,7 +97,9 @@ def test_start_health_and_properties(shared_server):
     assert api_server in running_server_pids()
     # its own session, led by the guard: stopping the group cannot touch pytest
     assert os.getpgid(api_server) == shared_server.pid == os.getsid(shared_server.pid) != os.getpgid(0)
-    assert shared_server.log_path.is_file() and "api_server" in shared_server.log_tail(200)
+    # the command line heads the log (its tail may be access lines of the tests that used the server)
+    assert shared_server.log_path.is_file() and "api_server" in shared_server.log_path.read_text(errors="replace")[:4000]
+    assert shared_server.log_tail(5)
 
 
 @pytest.mark.vllm

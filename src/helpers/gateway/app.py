@@ -160,8 +160,14 @@ class GatewayApp:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in PASS_THROUGH_ROUTES:
             await self.passthrough(scope, receive, send)
-        else:
+            return
+        if scope["type"] != "http":
             await self.api(scope, receive, send)
+            return
+        try:
+            await self.api(scope, receive, send)
+        except Exception:  # noqa: BLE001 - answered (500) and logged by the app's handler; Starlette re-raises
+            pass  # it, and uvicorn would log the same trace again
 
 
 def without_paths(listing: dict) -> dict:

@@ -49,7 +49,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._in_head, self._head_bytes, self._header_count = True, 0, 0
+        self._in_head, self._head_bytes, self._header_count, self._head_size = True, 0, 0, 0
         self._refusal: tuple[int, str, str] | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._body_timer: asyncio.TimerHandle | None = None
@@ -77,15 +77,20 @@ class GuardedProtocol(HttpToolsProtocol):
     # -- parser callbacks ----------------------------------------------------------------
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
+        self._head_size += len(url)
         if len(self.url) > self.limits.max_url_bytes:
             self._stop(414, f"The request target is more than {self.limits.max_url_bytes} bytes, the gateway's limit.",
                        "url_too_long")
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self._header_count += 1
+        self._head_size += len(name) + len(value) + 4  # "name: value\r\n"
         if self._header_count > self.limits.max_headers:
             self._stop(431, f"The request has more than {self.limits.max_headers} headers, the gateway's limit.",
                        "too_many_headers")
+        if self._head_size > self.limits.max_header_bytes:  # a head that arrived whole, in one read
+            self._stop(431, f"The request line and headers are more than {self.limits.max_header_bytes} bytes, "
+                            "the gateway's limit.", "headers_too_large")
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -95,15 +100,16 @@ class GuardedProtocol(HttpToolsProtocol):
             self._head_timer = None
         super().on_headers_complete()
         declared = dict(self.headers).get(b"content-length", b"0")
+        # (a pipelined request waits, unread, behind the one being answered: no clock runs for it)
         if (declared.strip() not in (b"", b"0") or b"transfer-encoding" in dict(self.headers)) \
-                and self._body_timer is None:
+                and self._body_timer is None and not self.pipeline:
             self._body_timer = self.loop.call_later(self.limits.body_timeout_s, self._body_too_slow)
 
     def on_message_complete(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
-        self._in_head, self._head_bytes, self._header_count = True, 0, 0
+        self._in_head, self._head_bytes, self._header_count, self._head_size = True, 0, 0, 0
         super().on_message_complete()
 
     # -- refusing --------------------------------------------------------------------------
@@ -121,9 +127,14 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.metrics is not None:
             self.metrics.refused.labels(code).inc()
         if not self.transport.is_closing():
-            if self.cycle is None or not self.cycle.response_started:
+            if self._no_answer_in_progress():
                 self.transport.write(refusal_bytes(status, message, code))
             self.transport.close()
+
+    def _no_answer_in_progress(self) -> bool:
+        """Whether an answer of ours can be written now without landing inside another one."""
+        cycle = self.cycle
+        return not self.pipeline and (cycle is None or cycle.response_complete or not cycle.response_started)
 
     def _head_too_slow(self) -> None:
         self._head_timer = None

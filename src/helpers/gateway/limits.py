@@ -80,9 +80,13 @@ def parse_assignment(text: str) -> tuple[str, int | float]:
     name = name.strip().replace("-", "_")
     if not sep or name not in names():
         raise GatewayError(f"{text!r} is not NAME=VALUE with NAME one of {', '.join(names())}.")
+    kind = "number" if name.endswith("_s") else "whole number"
     try:
-        number = float(value) if name.endswith("_s") else int(value)
+        number = float(value)
     except ValueError:
-        raise GatewayError(f"{name}={value!r}: the value must be a {'number' if name.endswith('_s') else 'whole number'}.")\
-            from None
-    return name, number
+        raise GatewayError(f"{name}={value!r}: the value must be a {kind}.") from None
+    if name.endswith("_s"):
+        return name, number
+    if not number.is_integer():
+        raise GatewayError(f"{name}={value!r}: the value must be a {kind}.")
+    return name, int(number)

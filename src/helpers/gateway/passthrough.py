@@ -15,6 +15,7 @@ nothing between the socket and the upstream but what the gateway must do:
 
 from __future__ import annotations
 
+import json
 import logging
 
 from .api_errors import ApiError
@@ -47,8 +48,11 @@ class PassThrough:
                                    self.limits.max_body_bytes)
             data = parse_json_object(body, self.limits.max_json_depth)
             stream = stream_requested(data)
+            chat = route == "/v1/chat/completions"
             context = await self.relay.pool.context_length() if self._needs_context(data) else None
-            check_generation(data, self.limits, context, batched=route == "/v1/completions")
+            added = check_generation(data, self.limits, context, batched=not chat, chat=chat)
+            if added:
+                body = json.dumps({**data, **added}).encode()
             await until_disconnect(receive, self.answer(send, route, request_id, body, stream, started))
         except ApiError as error:
             await send_error(send, error, request_id)

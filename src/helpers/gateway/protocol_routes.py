@@ -40,10 +40,11 @@ def make_endpoint(protocol: Protocol, relay: Relay, limits: Limits):
         try:
             _, data = await read_json_object(request, limits.max_body_bytes, limits.max_json_depth)
             req = parse(protocol.Request, data)
-            if getattr(req, "max_tokens", None) is not None:
-                check_generation({"max_tokens": req.max_tokens}, limits, await relay.pool.context_length(),
-                                 batched=False)
-            return await until_disconnect(request.receive, answer(protocol, req, relay, request_id, route))
+            budget = {"max_tokens": req.max_tokens} if getattr(req, "max_tokens", None) is not None else {}
+            context = await relay.pool.context_length() if budget else None
+            budget.update(check_generation(budget, limits, context, batched=False))
+            return await until_disconnect(request.receive, answer(protocol, req, relay, request_id, route,
+                                                                  budget.get("max_tokens")))
         except ApiError as error:
             return JSONResponse(protocol.shape_error(error.error(), request_id), status_code=error.status,
                                 headers={**error.headers, REQUEST_ID_HEADER: request_id})
@@ -52,9 +53,12 @@ def make_endpoint(protocol: Protocol, relay: Relay, limits: Limits):
     return endpoint
 
 
-async def answer(protocol: Protocol, req: Any, relay: Relay, request_id: str, route: str) -> Response:
+async def answer(protocol: Protocol, req: Any, relay: Relay, request_id: str, route: str,
+                 max_tokens: int | None = None) -> Response:
     model = getattr(req, "model", None) or await relay.pool.served_model()
     payload = {"model": model, "messages": protocol.to_messages(req), **protocol.sampling(req)}
+    if max_tokens is not None:
+        payload["max_tokens"] = max_tokens
     started = time.monotonic()
     if getattr(req, "stream", False):
         payload.update(stream=True, stream_options={"include_usage": True})

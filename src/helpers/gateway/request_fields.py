@@ -7,8 +7,11 @@ pydantic types vLLM declares (``bool | None``, ``int | None``). A value vLLM wou
 is refused here with the same 400, before the upstream is asked.
 
 The generation a request may ask for is bounded (:mod:`helpers.gateway.limits`): ``n`` times
-the prompts of a batched ``/v1/completions`` at most ``max_n``; ``max_tokens`` and
-``max_completion_tokens`` at most ``max_tokens`` and the model's context.
+the prompts of a batched ``/v1/completions`` at most ``max_n``; the token budget vLLM will use
+(``max_completion_tokens`` when set, else ``max_tokens``) at most ``max_tokens`` and the
+model's context. vLLM itself would quietly shorten a budget past the context; the gateway says
+so instead. With a ``max_tokens`` limit, a request that sets no budget (vLLM's default is the
+whole context) gets the limit written into its body.
 """
 
 from __future__ import annotations
@@ -22,7 +25,6 @@ from .limits import Limits
 
 _BOOL = TypeAdapter(bool | None)
 _INT = TypeAdapter(int | None)
-TOKEN_FIELDS = ("max_tokens", "max_completion_tokens")
 
 
 def _field(adapter: TypeAdapter, data: dict[str, Any], name: str, kind: str) -> Any:
@@ -46,20 +48,30 @@ def prompt_count(data: dict[str, Any]) -> int:
     return 1
 
 
-def check_generation(data: dict[str, Any], limits: Limits, context: int | None, *, batched: bool) -> None:
-    """400 when the request asks for more choices or tokens than the limits allow."""
+def token_budget(data: dict[str, Any], *, chat: bool) -> tuple[str, int | None]:
+    """The field vLLM takes the output budget from, and its value (None: unset, the context's rest)."""
+    if chat:
+        completion = _field(_INT, data, "max_completion_tokens", "integer")
+        if completion is not None:
+            return "max_completion_tokens", completion
+    return "max_tokens", _field(_INT, data, "max_tokens", "integer")
+
+
+def check_generation(data: dict[str, Any], limits: Limits, context: int | None, *, batched: bool,
+                     chat: bool = True) -> dict[str, int]:
+    """400 when the request asks for more choices or tokens than the limits allow; returns the
+    fields to add to the body (the ``max_tokens`` limit, where the request sets no budget)."""
     n = _field(_INT, data, "n", "integer")
     choices = (1 if n is None else n) * (prompt_count(data) if batched else 1)
     if choices > limits.max_n:
         what = f"n={n} for {prompt_count(data)} prompts" if batched and prompt_count(data) > 1 else f"n={n}"
         raise ApiError(400, f"{what} asks for {choices} completions; the gateway allows at most {limits.max_n} "
                             "per request.", param="n", code="too_many_choices")
-    caps = [(limits.max_tokens, "the gateway's limit"), (context, "the model's context length (max_model_len)")]
-    for name in TOKEN_FIELDS:
-        value = _field(_INT, data, name, "integer")
-        if value is None:
-            continue
-        for cap, why in caps:
-            if cap is not None and value > cap:
-                raise ApiError(400, f"{name}={value} is more than {cap}, {why}: ask for fewer tokens.",
-                               param=name, code="max_tokens_too_large")
+    name, value = token_budget(data, chat=chat)
+    if value is None:
+        return {} if limits.max_tokens is None else {"max_tokens": limits.max_tokens}
+    for cap, why in ((limits.max_tokens, "the gateway's limit"), (context, "the model's context length (max_model_len)")):
+        if cap is not None and value > cap:
+            raise ApiError(400, f"{name}={value} is more than {cap}, {why}: ask for fewer tokens.",
+                           param=name, code="max_tokens_too_large")
+    return {}

@@ -99,7 +99,7 @@ class GatewayServer:
         if self.upstream_api_key_env:
             argv += ["--upstream-api-key-env", self.upstream_api_key_env]
         for name, value in self.limits.items():
-            argv += ["--limit", f"{name}={value:g}"]
+            argv += ["--limit", f"{name}={value}"]
         if self.no_key_on_network:
             argv.append("--no-key-on-network")
         return argv

@@ -27,6 +27,7 @@ import aiohttp
 from .api_errors import ApiError
 
 PROBE_TIMEOUT_S = 3.0
+PROBE_RETRY_S = 5.0
 #: The upstream failed while connecting: nothing was sent, trying elsewhere is always safe.
 CONNECT_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError)
 
@@ -67,6 +68,7 @@ class UpstreamPool:
         self.policy, self.headers = policy, headers
         self.timeout = aiohttp.ClientTimeout(sock_connect=connect_timeout, sock_read=read_timeout)
         self._client: aiohttp.ClientSession | None = None
+        self._probe_failed_at = -PROBE_RETRY_S
         self._turn = itertools.count()
 
     @property
@@ -119,13 +121,18 @@ class UpstreamPool:
         return [u.state() for u in self.upstreams]
 
     async def context_length(self) -> int | None:
-        """The smallest ``max_model_len`` the upstreams report (probed once); None when none says."""
+        """The smallest ``max_model_len`` the upstreams report (probed once); None when none says.
+
+        While no upstream answers, a failed round of probes is not repeated for
+        :data:`PROBE_RETRY_S` seconds: a burst of requests must not become a burst of probes."""
         known = [u.max_model_len for u in self.upstreams if u.models]
-        if not known:
+        if not known and time.monotonic() - self._probe_failed_at > PROBE_RETRY_S:
             for upstream in self.order():
                 if await self.probe(upstream):
                     break
             known = [u.max_model_len for u in self.upstreams if u.models]
+            if not known:
+                self._probe_failed_at = time.monotonic()
         lengths = [n for n in known if n]
         return min(lengths) if lengths else None
 
