@@ -139,6 +139,20 @@ def one_of(options: tuple[str, ...], *, what: str) -> Callable[[str], str]:
     return parse
 
 
+def checked(check: Callable[[str], T]) -> Callable[[str], T]:
+    """An argparse ``type=`` from a check that raises :class:`~helpers.errors.CourseError`:
+    its message becomes the one-line usage error."""
+    from .errors import CourseError
+
+    def convert(text: str) -> T:
+        try:
+            return check(text)
+        except CourseError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    return convert
+
+
 def comma_list(item: Callable[[str], T], *, example: str) -> Callable[[str], list[T]]:
     """``type=`` for comma-separated values, each checked by ``item``; empty parts are skipped."""
 

@@ -30,6 +30,7 @@ from ..cli_args import (
     EXIT_TERMINATED,
     OneLineParser,
     Terminated,
+    checked,
     comma_list,
     course_command,
     number,
@@ -58,30 +59,18 @@ def _batch_size(text: str) -> int | str:
     return "all" if text.strip().lower() == "all" else _batch_size_number(text)
 
 
-def _checked(parse):
-    """An argparse type from a function that raises :class:`BenchConfigError` on bad text."""
-    def convert(text: str) -> str:
-        from ..errors import BenchConfigError
-
-        try:
-            return parse(text)
-        except BenchConfigError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-    return convert
-
-
 def _hf_variant(text: str) -> str:
     """A transformers variant (``sorted+eager``), written the one way."""
     from .variants import hf_variant_label
 
-    return _checked(hf_variant_label)(text)
+    return checked(hf_variant_label)(text)
 
 
 def _engine_mode(text: str) -> str:
     """``in-process`` or ``engine process``."""
     from .variants import engine_mode
 
-    return _checked(engine_mode)(text)
+    return checked(engine_mode)(text)
 
 
 def build_parser() -> OneLineParser:

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..cli_args import (
     EXIT_FAILURE,
@@ -22,6 +22,7 @@ from ..cli_args import (
     EXIT_TERMINATED,
     EXIT_USAGE,
     OneLineParser,
+    checked,
     course_command,
     Terminated,
     sigterm_raises,
@@ -47,18 +48,6 @@ Every failure is one line on stderr. The folder's marker (.course-download.json)
 only after the whole folder verified, so a stopped download never passes for a complete one."""
 
 
-def _argument(check: Callable[[str], Any]) -> Callable[[str], Any]:
-    """An argparse ``type=`` from a check that raises :class:`CourseError` (a one-line usage error)."""
-
-    def parse(text: str) -> Any:
-        try:
-            return check(text)
-        except CourseError as exc:
-            raise argparse.ArgumentTypeError(str(exc)) from None
-
-    return parse
-
-
 def _local_dir(text: str) -> Path:
     path = Path(text).expanduser()
     if not text.strip() or (path.exists() and not path.is_dir()):
@@ -69,11 +58,11 @@ def _local_dir(text: str) -> Path:
 def build_parser() -> OneLineParser:
     parser = OneLineParser(prog=PROG, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                            description="Download a model into a plain folder, verify it and print a summary.")
-    parser.add_argument("model_id", nargs="?", type=_argument(check_model_id),
+    parser.add_argument("model_id", nargs="?", type=checked(check_model_id),
                         help=f"owner/name, e.g. {EXAMPLE_MODEL_ID} (default: the current course profile's model)")
-    parser.add_argument("--local-dir", type=_argument(_local_dir), metavar="DIR",
+    parser.add_argument("--local-dir", type=checked(_local_dir), metavar="DIR",
                         help="target folder (default: the profile's model_dir, else <models root>/<name>)")
-    parser.add_argument("--hub", type=_argument(normalize_hub), metavar="{" + ",".join(HUBS) + "}",
+    parser.add_argument("--hub", type=checked(normalize_hub), metavar="{" + ",".join(HUBS) + "}",
                         help="where to download from; ms and hf work too (default: the profile's hub)")
     parser.add_argument("--revision", help="branch, tag or commit (default: the hub's default)")
     return parser
