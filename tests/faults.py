@@ -243,10 +243,14 @@ class Supervisor:
         env_file = folder / ".env"
         env_file.write_text(f"COURSE_PROFILE=tiny\nMODEL_NAME=course/tiny-qwen2\nVLLM_PORT={port}\n"
                             f"GATEWAY_PORT={free_port()}\nRUN_DIR=run\n", encoding="utf-8")
-        self.tag, self.lines = tag, []
+        self.tag = tag
         self.starter = CommandLine(["helpers.launcher", "start", "--env", str(env_file), "--gateway", "--wait", "0"],
                                    env)
         self.pid = 0
+
+    @property
+    def lines(self) -> list[str]:
+        return self.starter.lines
 
     def said(self, pattern: str) -> bool:
         return self.starter.said(pattern) or (pattern == r"server ready after" and self._served())

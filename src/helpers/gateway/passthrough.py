@@ -24,7 +24,7 @@ from .config import GatewayConfig
 from .downstream import ClientGone, mark_gone, read_body, send_bytes, send_error, send_stream, until_disconnect
 from .keys import KeyCheck
 from .relay import Relay, UsageScanner, usage_of
-from .request_fields import check_generation, stream_requested
+from .request_fields import check_generation, stream_requested, token_budget
 
 ROUTES = ("/v1/chat/completions", "/v1/completions")
 log = logging.getLogger("helpers.gateway")
@@ -49,7 +49,8 @@ class PassThrough:
             data = parse_json_object(body, self.limits.max_json_depth)
             stream = stream_requested(data)
             chat = route == "/v1/chat/completions"
-            context = await self.relay.pool.context_length() if self._needs_context(data) else None
+            budget_set = token_budget(data, chat=chat)[1] is not None
+            context = await self.relay.pool.context_length() if budget_set else None
             added = check_generation(data, self.limits, context, batched=not chat, chat=chat)
             if added:
                 body = json.dumps({**data, **added}).encode()
@@ -64,9 +65,6 @@ class PassThrough:
                 await send_error(send, ApiError(500, "The gateway failed to answer this request (an internal error). "
                                                      f"Its log has the details under request id {request_id}.",
                                                 type="internal_error", code=500), request_id)
-
-    def _needs_context(self, data: dict) -> bool:
-        return any(data.get(name) is not None for name in ("max_tokens", "max_completion_tokens"))
 
     async def answer(self, send, route: str, request_id: str, body: bytes, stream: bool, started: list[bool]) -> None:
         relay = self.relay
