@@ -6,14 +6,17 @@ asserts what a client sees and what the upstream received: counts of requests, n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import threading
 import time
 
+import aiohttp
 import httpx
 import openai
 import pytest
+from aiohttp.base_protocol import BaseProtocol
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway_upstream import MODEL, PIECES, FakeUpstream, GatewayThread, closed_port_url
@@ -23,6 +26,7 @@ from helpers.gateway import PROTOCOLS, GatewayConfig, Protocol, create_app, star
 from helpers.gateway.cli import main as cli_main
 from helpers.gateway.limits import Limits
 from helpers.gateway.protocols import ChatRequest
+from helpers.gateway.relay import DONE, salvaged, sse_data
 from helpers.ports import port_is_free
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "say hello"}]}
@@ -287,6 +291,23 @@ def test_no_retry_once_the_stream_began(upstream, gateway):
     upstream.die_after = None  # the gateway stayed up, and takes the upstream back
     assert call(gateway, "GET", "/health").json()["upstreams"][0]["ok"] is True
     assert call(gateway, "POST", "/v1/chat/completions", CHAT).status_code == 200
+
+
+def test_bytes_buffered_before_a_break_are_relayed():
+    """aiohttp raises a broken connection before it hands over what it already buffered; the relay
+    salvages those bytes, so the pieces an upstream sent just before it died reach the client."""
+    async def scenario() -> tuple[bytes, list]:
+        reader = aiohttp.StreamReader(BaseProtocol(asyncio.get_running_loop()), limit=2**16)
+        reader.feed_data(b'data: {"text": "last"}\n\ndata: {"te')
+        reader.set_exception(aiohttp.ClientPayloadError("connection broken"))
+        with pytest.raises(aiohttp.ClientPayloadError):
+            await reader.readany()   # the buffered bytes are not handed over
+        rest = salvaged(reader)
+        return rest, [sse_data(line) for line in rest.splitlines(keepends=True)]
+    rest, events = asyncio.run(scenario())
+    assert rest == b'data: {"text": "last"}\n\ndata: {"te'
+    assert events == [{"text": "last"}, None, None]   # a cut line is no event
+    assert sse_data(b"data: [DONE]\n") == DONE and sse_data(b": keep-alive\n") is None
 
 
 def test_a_client_leaving_mid_stream_frees_the_upstream(upstream, gateway):

@@ -164,26 +164,55 @@ class Relay:
                 yield chunk
         except UPSTREAM_ERRORS as exc:
             error = self.broken(exchange.upstream, exc)
+            if rest := salvaged(exchange.response.content):
+                tail = rest
+                yield rest
             yield (b"" if tail.endswith(b"\n\n") or not tail else b"\n\n") + sse_error(stream_error(error), request_id)
 
     async def events(self, exchange: Exchange) -> AsyncIterator[dict[str, Any]]:
         """The upstream's SSE ``data:`` objects, parsed, until ``[DONE]``; a break raises :class:`ApiError`."""
         try:
             async for raw in exchange.response.content:
-                line = raw.decode("utf-8", errors="replace").strip()
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
+                event = sse_data(raw)
+                if event == DONE:
                     return
-                try:
-                    event = json.loads(data)
-                except ValueError:
-                    continue
-                if isinstance(event, dict):
+                if event is not None:
                     yield event
         except UPSTREAM_ERRORS as exc:
-            raise self.broken(exchange.upstream, exc) from None
+            error = self.broken(exchange.upstream, exc)
+            for raw in salvaged(exchange.response.content).splitlines(keepends=True):
+                if raw.endswith(b"\n") and isinstance(event := sse_data(raw), dict):
+                    yield event
+            raise error from None
+
+
+DONE = "[DONE]"
+
+
+def sse_data(raw: bytes) -> dict[str, Any] | str | None:
+    """The JSON object of one SSE ``data:`` line, :data:`DONE` at its end, ``None`` for other lines."""
+    line = raw.decode("utf-8", errors="replace").strip()
+    if not line.startswith("data:"):
+        return None
+    data = line[5:].strip()
+    if data == DONE:
+        return DONE
+    try:
+        event = json.loads(data)
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) else None
+
+
+def salvaged(content: aiohttp.StreamReader) -> bytes:
+    """The bytes an upstream sent before its connection broke. aiohttp raises the break before it
+    hands over what it already buffered (``StreamReader.readany`` checks its exception first), so
+    the last pieces of an answer would be lost when they arrive in the same read as the break."""
+    read_buffered = getattr(content, "_read_nowait", None)   # aiohttp 3.x; without it, nothing salvaged
+    try:
+        return read_buffered(-1) if read_buffered is not None else b""
+    except Exception:  # noqa: BLE001 - salvage is best effort, the break is reported either way
+        return b""
 
 
 def stream_error(error: ApiError) -> dict[str, Any]:
