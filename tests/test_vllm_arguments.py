@@ -20,6 +20,7 @@ Where the commands come from (each profile x device where the settings decide th
 * the tuning experiments of :mod:`helpers.bench.tuning` (their own variant lists, through the
   real ``run_variants``);
 * the tool-calling server of notebook 07 (:func:`helpers.structured.tool_server_args`, both branches);
+* the adapter server of notebook 08 (:func:`helpers.lora.lora_server_args`);
 * ``python -m helpers.smoke`` (its ``main`` up to the server start);
 * the launcher (``helpers.launcher start``), ``helpers.deploy check`` and the compose container
   (``helpers.deploy exec vllm``) from ``deploy/.env.example`` and variants with every tuning knob;
@@ -50,6 +51,7 @@ import yaml
 from helpers.deploy import KNOWN, TUNING_VARIABLES
 from helpers.deploy.env_file import read_env_file
 from helpers.hardware import GIB, GpuInfo, GpuProbe
+from helpers.lora.serving import TEXT_REASONING_PARSERS
 from helpers.device import DeviceChoice
 from helpers.server import API_SERVER_MODULE, VLLMServer
 from helpers.settings import PROFILES, Settings, get_settings
@@ -81,6 +83,7 @@ class VllmCli:
     engine_args: Any
     validate: Any          # validate_parsed_serve_args
     tool_parsers: frozenset[str]
+    reasoning_parsers: frozenset[str]
     llm_parameters: frozenset[str]
     engine_fields: frozenset[str]
 
@@ -91,6 +94,7 @@ def vllm_cli() -> VllmCli:
     from vllm.engine.arg_utils import AsyncEngineArgs, EngineArgs
     from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
     from vllm.entrypoints.llm import LLM
+    from vllm.reasoning import ReasoningParserManager
     from vllm.tool_parsers import ToolParserManager
     from vllm.utils.argparse_utils import FlexibleArgumentParser
 
@@ -100,6 +104,7 @@ def vllm_cli() -> VllmCli:
         strict=make_arg_parser(FlexibleArgumentParser(allow_abbrev=False)),
         async_engine_args=AsyncEngineArgs, engine_args=EngineArgs, validate=validate_parsed_serve_args,
         tool_parsers=frozenset(ToolParserManager.list_registered()),
+        reasoning_parsers=frozenset(ReasoningParserManager.list_registered()),
         llm_parameters=frozenset(inspect.signature(LLM.__init__).parameters) - {"self", "kwargs"},
         engine_fields=frozenset(field.name for field in dataclasses.fields(EngineArgs)),
     )
@@ -175,10 +180,12 @@ def check_command(cli: VllmCli, argv: Sequence[Any], source: str, *, validate: b
             cli.validate(namespace)
     except Exception as exc:  # noqa: BLE001 - whatever vLLM raises before it loads anything
         raise refused(f"{type(exc).__name__}: {exc}") from None
-    if namespace.tool_call_parser is not None and namespace.tool_call_parser not in cli.tool_parsers:
-        close = difflib.get_close_matches(namespace.tool_call_parser, cli.tool_parsers, n=1)
-        raise refused(f"--tool-call-parser {namespace.tool_call_parser} is not one of vLLM's tool parsers"
-                      + (f"; did you mean {close[0]}?" if close else f" ({', '.join(sorted(cli.tool_parsers))})"))
+    for flag, name, known in (("--tool-call-parser", namespace.tool_call_parser, cli.tool_parsers),
+                              ("--reasoning-parser", namespace.reasoning_parser, cli.reasoning_parsers)):
+        if name and name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            raise refused(f"{flag} {name} is not one of vLLM's parsers"
+                          + (f"; did you mean {close[0]}?" if close else f" ({', '.join(sorted(known))})"))
     CHECKED_FLAGS.update(flag for flag in map(_flag_of, args) if flag in cli.strict._option_string_actions)
     return namespace
 
@@ -336,6 +343,7 @@ FOUND = scan_course()
 #: ``extra_args=`` expressions that are not literals, and the test that builds them for real.
 BUILT_ELSEWHERE = {
     "extra_args=tool_server_args(settings)": "test_tool_server",
+    "extra_args=lora_server_args(served, max_lora_rank=8, max_loras=3, reasoning_parser=parser)": "test_lora_server",
     "extra_args=variant.extra_args": "test_tuning_experiment (run_variants itself)",
     "extra_args=cli_args(self.tuning)": "test_launcher / test_compose (DeployConfig.vllm_command)",
     "extra_args=self.extra_args": "VLLMServer.command_for: every VLLMServer case",
@@ -415,6 +423,18 @@ def test_tool_server(vllm_cli, tmp_path, profile, device, template):
     assert ("--chat-template" in args) == (template == "chatml-without-tools")
     server = VLLMServer(settings, api_key="k", extra_args=args)   # as notebook 07 starts it
     check_command(vllm_cli, server.command, f"tool_server_args ({template}) on {profile}/{device}")
+
+
+@pytest.mark.parametrize("profile, device", COMBOS, ids=COMBO_IDS)
+@pytest.mark.parametrize("parser", TEXT_REASONING_PARSERS)
+def test_lora_server(vllm_cli, tmp_path, profile, device, parser):
+    """The adapter server of notebook 08 (helpers.lora.lora_server_args), as the notebook starts it,
+    with each parser ``reasoning_parser_for`` may pick."""
+    from helpers.lora import RUNTIME_LORA_ENV, lora_server_args
+
+    args = lora_server_args({"card": tmp_path / "card"}, max_lora_rank=8, max_loras=3, reasoning_parser=parser)
+    server = VLLMServer(course_settings(profile, device), extra_args=args, env=RUNTIME_LORA_ENV)
+    check_command(vllm_cli, server.command, f"lora_server_args on {profile}/{device}")
 
 
 def test_the_flags_tool_server_errors_suggest(vllm_cli):
