@@ -113,11 +113,24 @@ def test_a_second_call_reuses_the_build(int4_tiny, tiny_model_dir):
         int4_tiny.path, int4_tiny.quantized_layers, int4_tiny.mean_rel_error)
 
 
-def test_a_group_size_that_does_not_divide_the_inputs_is_refused(tiny_model_dir, tmp_path):
-    with pytest.raises(CourseError, match=r"group_size 48 does not divide the input size 128"):
-        quantize_int4(tiny_model_dir, tmp_path / "out", group_size=48)
-    with pytest.raises(CourseError, match="positive even"):
-        quantize_int4(tiny_model_dir, tmp_path / "out", group_size=0)
+def test_a_group_size_the_kernels_do_not_take_is_refused(tiny_model_dir, tmp_path):
+    for group_size in (48, 0, 256):
+        with pytest.raises(CourseError, match="must be one of 32, 64, 128"):
+            quantize_int4(tiny_model_dir, tmp_path / "out", group_size=group_size)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_group_size_that_does_not_divide_the_inputs_is_refused(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    source = tmp_path / "narrow"
+    source.mkdir()
+    (source / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    save_file({"model.layers.0.self_attn.k_proj.weight": torch.zeros(64, 96, dtype=torch.bfloat16)},
+              str(source / "model.safetensors"))
+    with pytest.raises(CourseError, match=r"group_size 64 does not divide the input size 96"):
+        quantize_int4(source, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

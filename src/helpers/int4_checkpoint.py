@@ -36,6 +36,7 @@ from .model_build import STAMP_FILE, cached_build, file_digests
 
 FORMAT_VERSION = "rtn-int4-gptq-v1"   # change when the files written below change
 DEFAULT_GROUP_SIZE = 64
+GROUP_SIZES = (32, 64, 128)
 LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 QZEROS_WORD = -2004318072             # 0x88888888 as int32: zero point 8 in all 8 slots
 KERNEL_MULTIPLE = 32                  # CPUWNA16LinearKernel: in and out sizes % 32 == 0
@@ -118,9 +119,9 @@ def _check_shapes(shards: list[Path], group_size: int) -> None:
     """Raise a CourseError, before anything is written, if a linear cannot be stored."""
     from safetensors import safe_open
 
-    if not isinstance(group_size, int) or group_size <= 0 or group_size % 2:
-        raise CourseError(f"group_size must be a positive even number, not {group_size!r}; "
-                          f"use {DEFAULT_GROUP_SIZE}.")
+    if group_size not in GROUP_SIZES:
+        raise CourseError(f"group_size must be one of {', '.join(map(str, GROUP_SIZES))} (the groups vLLM's 4-bit "
+                          f"kernels take, on CPU and GPU), not {group_size!r}; use {DEFAULT_GROUP_SIZE}.")
     found = 0
     for shard in shards:
         with safe_open(str(shard), framework="pt") as handle:

@@ -69,8 +69,11 @@ def spec_counts(llm: Any) -> SpecCounts:
     for metric in metrics:
         if metric.name in (DRAFTS, DRAFT_TOKENS, ACCEPTED):
             values[metric.name] = values.get(metric.name, 0) + metric.value
-        elif metric.name == PER_POSITION:
-            values[metric.name] = tuple(metric.values)
+        elif metric.name == PER_POSITION:   # one vector per engine: added position by position
+            earlier = values.get(metric.name, ())
+            width = max(len(earlier), len(metric.values))
+            values[metric.name] = tuple((earlier[i] if i < len(earlier) else 0)
+                                        + (metric.values[i] if i < len(metric.values) else 0) for i in range(width))
     return SpecCounts(int(values.get(DRAFTS, 0)), int(values.get(DRAFT_TOKENS, 0)), int(values.get(ACCEPTED, 0)),
                       values.get(PER_POSITION, ()))
 
@@ -113,6 +116,8 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
 
 def same_outputs(a: Run, b: Run) -> float:
     """The share of prompts whose generated token ids are identical in both runs."""
+    if not a.token_ids or len(a.token_ids) != len(b.token_ids):
+        raise ValueError("compare two runs of the same, non-empty list of prompts")
     return sum(x == y for x, y in zip(a.token_ids, b.token_ids)) / len(a.token_ids)
 
 

@@ -40,7 +40,8 @@ def adapter_cost(llm: Any, prompts: Sequence[Any], params: Any, cases: Mapping[s
     names = list(cases)
     speeds: dict[str, list[float]] = {name: [] for name in names}
     tokens: dict[str, int] = {}
-    _run(llm, prompts[:2], params, None if cases[names[0]] is None else list(cases[names[0]])[:2])  # warm-up
+    for loras in cases.values():   # warm-up: the first use of an adapter loads it
+        _run(llm, prompts[:3], params, None if loras is None else list(loras)[:3])
     for round_index in range(rounds):
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Mapping
 
+from ..errors import CourseError
+
 RUNTIME_LORA_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "true"}
 #: vLLM's allowed ``--max-lora-rank`` values (vllm/config/lora.py).
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -57,7 +59,8 @@ def reasoning_parser_for(model_dir: str | Path) -> str:
         except Exception:  # noqa: BLE001 - vLLM raises KeyError, RuntimeError...: this one does not fit
             continue
         return name
-    return TEXT_REASONING_PARSERS[-1]
+    raise CourseError(f"None of vLLM's text-matching reasoning parsers ({', '.join(TEXT_REASONING_PARSERS)}) "
+                      f"accepts the tokenizer of {model_dir}: pick one from vLLM's list (vllm.reasoning) by hand.")
 
 
 def _post(base_url: str, path: str, body: dict) -> tuple[int, str]:

@@ -149,6 +149,7 @@ def follows_think(text: str) -> bool:
     return bool(reasoning) and bool(answer)
 
 
-def last_number(text: str) -> int | None:
-    numbers = re.findall(r"-?\d+", text.replace(",", ""))
-    return int(numbers[-1]) if numbers else None
+def last_number(text: str) -> float | None:
+    """The last number written in ``text`` (``1,234`` and ``1.5`` read whole), ``None`` without one."""
+    numbers = re.findall(r"-?\d+(?:\.\d+)?", text.replace(",", ""))
+    return float(numbers[-1]) if numbers else None

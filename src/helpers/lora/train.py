@@ -92,6 +92,18 @@ def tokenized(tokenizer, example: Example) -> tuple[list[int], list[int]]:
 
 def _train_into(folder: Path, base_dir: Path, examples: Sequence[Example], recipe: AdapterRecipe,
                 device: str) -> None:
+    try:
+        _train(folder, base_dir, examples, recipe, device)
+    finally:   # the model and its optimizer go, even after an error: the card is vLLM's next
+        import gc
+
+        import torch
+        gc.collect()
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def _train(folder: Path, base_dir: Path, examples: Sequence[Example], recipe: AdapterRecipe, device: str) -> None:
     import peft
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -135,9 +147,6 @@ def _train_into(folder: Path, base_dir: Path, examples: Sequence[Example], recip
                             steps=recipe.steps, trainable_parameters=sum(p.numel() for p in trainable),
                             base_parameters=base_parameters, seconds=round(seconds, 1), device=device, losses=losses)
     (folder / REPORT_FILE).write_text(json.dumps(asdict(report), indent=1) + "\n")
-    del model, optimizer, trainable
-    if on_gpu:
-        torch.cuda.empty_cache()   # the card is vLLM's next
 
 
 def train_adapter(base_dir: str | Path, examples: Sequence[Example], out_dir: str | Path,
@@ -159,12 +168,26 @@ def train_adapter(base_dir: str | Path, examples: Sequence[Example], out_dir: st
 
 def untrained_adapter(base_dir: str | Path, out_dir: str | Path, rank: int,
                       targets: Sequence[str] = ATTENTION) -> Path:
-    """A LoRA adapter of ``rank`` straight from peft's initialisation (B = 0: it changes nothing),
-    for trying what a server does with a rank it was not sized for."""
+    """A LoRA adapter of ``rank`` as peft initialises one (B = 0: it changes nothing), for trying
+    what a server does with a rank it was not sized for. Only the model's shapes are read (a model
+    on PyTorch's ``meta`` device), so it takes a second for a 7B model too."""
+    base_dir = Path(base_dir)
+
     def build(folder: Path) -> None:
         import peft
-        from transformers import AutoModelForCausalLM
-        model = AutoModelForCausalLM.from_pretrained(base_dir)
-        peft.get_peft_model(model, peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets),
-                                                   task_type="CAUSAL_LM")).save_pretrained(folder)
-    return cached_build(out_dir, f"untrained-r{rank}-{','.join(targets)}-{Path(base_dir).resolve()}", build)
+        import torch
+        from safetensors.torch import save_file
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base_dir))
+        config = peft.LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets), task_type="CAUSAL_LM")
+        shapes = peft.get_peft_model_state_dict(peft.get_peft_model(model, config))
+        generator = torch.Generator().manual_seed(0)
+        save_file({name: torch.zeros(t.shape) if "lora_B" in name else torch.randn(t.shape, generator=generator) / rank
+                   for name, t in shapes.items()}, str(folder / "adapter_model.safetensors"))
+        config.base_model_name_or_path = str(base_dir)
+        config.save_pretrained(folder)
+
+    recipe = f"untrained-r{rank}-{','.join(targets)}-{(base_dir / 'config.json').read_text()}"
+    return cached_build(out_dir, hashlib.sha256(recipe.encode()).hexdigest(), build)
