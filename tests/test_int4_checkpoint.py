@@ -120,31 +120,23 @@ def test_a_group_size_the_kernels_do_not_take_is_refused(tiny_model_dir, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_a_group_size_that_does_not_divide_the_inputs_is_refused(tmp_path):
+def one_linear_model(folder, out_features: int, in_features: int):
+    """A llama-style folder holding a single k_proj weight of the given shape."""
     import torch
     from safetensors.torch import save_file
 
-    source = tmp_path / "narrow"
-    source.mkdir()
-    (source / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    save_file({"model.layers.0.self_attn.k_proj.weight": torch.zeros(64, 96, dtype=torch.bfloat16)},
-              str(source / "model.safetensors"))
-    with pytest.raises(CourseError, match=r"group_size 64 does not divide the input size 96"):
-        quantize_int4(source, tmp_path / "out")
-    assert not (tmp_path / "out").exists()
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    save_file({"model.layers.0.self_attn.k_proj.weight": torch.zeros(out_features, in_features, dtype=torch.bfloat16)},
+              str(folder / "model.safetensors"))
+    return folder
 
 
-def test_sizes_the_cpu_kernel_cannot_run_are_refused(tmp_path):
-    import torch
-    from safetensors.torch import save_file
-
-    source = tmp_path / "odd"
-    source.mkdir()
-    (source / "config.json").write_text(json.dumps({"model_type": "llama"}))
-    save_file({"model.layers.0.self_attn.k_proj.weight": torch.zeros(48, 64, dtype=torch.bfloat16)},
-              str(source / "model.safetensors"))
-    with pytest.raises(CourseError, match=r"multiples of 32"):
-        quantize_int4(source, tmp_path / "out")
+@pytest.mark.parametrize("shape, message", [((64, 96), r"group_size 64 does not divide the input size 96"),
+                                            ((48, 64), r"multiples of 32")])
+def test_shapes_that_cannot_be_stored_are_refused(tmp_path, shape, message):
+    with pytest.raises(CourseError, match=message):
+        quantize_int4(one_linear_model(tmp_path / "model", *shape), tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
