@@ -20,9 +20,10 @@ acceptance length = 1 + accepted / drafts (tokens per forward pass, the bonus to
 from __future__ import annotations
 
 import math
+import operator
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from .errors import CourseError
 
@@ -51,11 +52,15 @@ class SpecCounts:
         return 1 + self.accepted / self.drafts if self.drafts else math.nan
 
     def __sub__(self, earlier: "SpecCounts") -> "SpecCounts":
-        width = max(len(self.per_position), len(earlier.per_position))
-        pad = lambda v: tuple(v) + (0,) * (width - len(v))  # noqa: E731
         return SpecCounts(self.drafts - earlier.drafts, self.draft_tokens - earlier.draft_tokens,
                           self.accepted - earlier.accepted,
-                          tuple(a - b for a, b in zip(pad(self.per_position), pad(earlier.per_position))))
+                          _by_position(operator.sub, self.per_position, earlier.per_position))
+
+
+def _by_position(op: Callable[[int, int], int], a: Sequence[int], b: Sequence[int]) -> tuple[int, ...]:
+    """``op`` position by position; the shorter vector counts as zeros past its end."""
+    width = max(len(a), len(b))
+    return tuple(op(a[i] if i < len(a) else 0, b[i] if i < len(b) else 0) for i in range(width))
 
 
 def spec_counts(llm: Any) -> SpecCounts:
@@ -70,10 +75,7 @@ def spec_counts(llm: Any) -> SpecCounts:
         if metric.name in (DRAFTS, DRAFT_TOKENS, ACCEPTED):
             values[metric.name] = values.get(metric.name, 0) + metric.value
         elif metric.name == PER_POSITION:   # one vector per engine: added position by position
-            earlier = values.get(metric.name, ())
-            width = max(len(earlier), len(metric.values))
-            values[metric.name] = tuple((earlier[i] if i < len(earlier) else 0)
-                                        + (metric.values[i] if i < len(metric.values) else 0) for i in range(width))
+            values[metric.name] = _by_position(operator.add, values.get(metric.name, ()), metric.values)
     return SpecCounts(int(values.get(DRAFTS, 0)), int(values.get(DRAFT_TOKENS, 0)), int(values.get(ACCEPTED, 0)),
                       values.get(PER_POSITION, ()))
 
