@@ -4,8 +4,9 @@ Entry points: a notebook kernel (a real ipykernel driven by jupyter_client, star
 with ``start_server``), ``python -m helpers.smoke``, ``python -m helpers.bench offline`` and
 ``python -m helpers.bench serve``; the gateway as a command (``python -m helpers.gateway``),
 from a kernel (``start_gateway``) and under ``python -m helpers.bench gateway`` (with its
-instant upstream and vllm-router); the launcher's detached supervisor (signalled itself: it
-is meant to outlive the command that started it, never its services). Points: during start-up
+instant upstream and vllm-router); ``VLLMRouter`` from a kernel (notebook 10); the launcher's
+detached supervisor (signalled itself: it is meant to outlive the command that started it,
+never its services). Points: during start-up
 (the vLLM server, benchmark worker or gateway process exists), while serving (it answers /
 the worker's engine is ready), during shutdown (the entry point has begun stopping: a kernel
 cell runs ``server.stop()``, a command line got SIGTERM and said so). Signals: SIGKILL
@@ -49,8 +50,9 @@ MARK = "COURSE_FAULT_ROW"
 BOUND_S = 30.0          # the server's stop grace (12 s) plus margin
 STATE_TIMEOUT_S = 180.0
 ENTRIES = ("kernel", "smoke", "bench offline", "bench serve", "gateway cli", "start_gateway", "bench gateway",
-           "launcher supervisor")
-#: Entries that start no vLLM: every point of theirs is cheap.
+           "vllm-router", "launcher supervisor")
+#: Entries that start no vLLM: every point of theirs is cheap (the vllm-router rows start a kernel:
+#: CI runs their start-up rows, ``python tests/faults.py`` all of them).
 LIGHT = ("gateway cli", "start_gateway", "bench gateway")
 POINTS = ("start-up", "serving", "shutdown")
 SIGNALS = ("SIGKILL", "SIGINT")
@@ -332,12 +334,17 @@ def run_row(entry: str, point: str, sig_name: str, workdir: Path) -> Outcome:
         target = CommandLine(["helpers.bench", "gateway", "--profile", "tiny", "--upstreams", "instant",
                               "--concurrency", "4", "--requests-per-level", "1000000", "--rounds", "1",
                               "--out", str(workdir / f"{tag}.json"), "--no-plots"], env)
+    elif entry == "vllm-router":   # notebook 10: the router (and its worker) from a kernel
+        target = Kernel(env)
+        target.run("from helpers.instant_upstream import InstantUpstream\nfrom helpers.scale_out import VLLMRouter\n"
+                   f"upstream = InstantUpstream().start()\nrouter = VLLMRouter([upstream.base_url], port={port}).start()\n"
+                   "print('router ready', flush=True)")
     else:
         target = Supervisor(workdir, tag, port, env)
     child_text = {"bench offline": "_worker", "gateway cli": "helpers.gateway", "start_gateway": "helpers.gateway",
-                  "bench gateway": "helpers.gateway"}.get(entry, API_SERVER_MODULE)
+                  "bench gateway": "helpers.gateway", "vllm-router": "vllm_router.launch_router"}.get(entry, API_SERVER_MODULE)
     ready = {"gateway cli": r"gateway listening", "start_gateway": r"gateway ready",
-             "bench gateway": r"gateway ready"}.get(entry, r"server ready after")
+             "bench gateway": r"gateway ready", "vllm-router": r"router ready"}.get(entry, r"server ready after")
     try:
         wait_for(lambda: _process_with(tag, child_text), what=f"{child_text} process started")
         if point in ("serving", "shutdown"):
@@ -359,6 +366,9 @@ def run_row(entry: str, point: str, sig_name: str, workdir: Path) -> Outcome:
             elif entry == "start_gateway":
                 target.run("gateway.stop()")
                 wait_for(lambda: target.said(r"stopping the gateway"), what="the kernel stopping the gateway")
+            elif entry == "vllm-router":
+                target.run("print('stopping the router', flush=True)\nrouter.stop()")
+                wait_for(lambda: target.said(r"stopping the router"), what="the kernel stopping the router")
             else:
                 target.signal(signal.SIGTERM)
                 wait_for(lambda: target.said(r"terminated|stopping"), what="the command line stopping")

@@ -109,12 +109,13 @@ def seconds(duration: str) -> float:
     return sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([smh])", duration))
 
 
-def test_the_four_services_run_pinned_images():
-    assert set(SERVICES) == {"vllm", "gateway", "prometheus", "grafana"}
+def test_the_five_services_run_pinned_images():
+    assert set(SERVICES) == {"vllm", "gateway", "router", "prometheus", "grafana"}
     for name, service in SERVICES.items():
         image = interpolate(service["image"], EXAMPLE)
         repository, _, tag = image.rpartition(":")
-        assert repository and re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: {image} is not pinned to a version"
+        pinned = r"nightly-\d{8}-[0-9a-f]{7}" if name == "router" else r"v?\d+\.\d+\.\d+"  # the router: dated nightlies
+        assert repository and re.fullmatch(pinned, tag), f"{name}: {image} is not pinned to a version"
     assert interpolate(SERVICES["vllm"]["image"], EXAMPLE).startswith("vllm/vllm-openai:")
     assert SERVICES["gateway"]["image"] == SERVICES["vllm"]["image"]
 
@@ -136,8 +137,10 @@ def test_course_services_run_helpers_deploy_from_the_mounted_source(name):
 
 
 def test_the_gateway_forwards_to_the_vllm_service_and_waits_until_it_is_healthy():
-    entrypoint = SERVICES["gateway"]["entrypoint"]
+    entrypoint = resolved(SERVICES["gateway"]["entrypoint"], EXAMPLE)
     assert entrypoint[entrypoint.index("--upstream") + 1] == f"http://vllm:{container_port('vllm')}"
+    through = resolved(SERVICES["gateway"]["entrypoint"], example_with(GATEWAY_UPSTREAM="http://router:8080"))
+    assert through[through.index("--upstream") + 1] == f"http://router:{container_port('router')}"
     assert SERVICES["gateway"]["depends_on"] == {"vllm": {"condition": "service_healthy"}}
 
 
@@ -159,10 +162,33 @@ def test_vllm_gets_the_gpus_and_shared_memory_and_the_gateway_does_not():
 def test_published_ports():
     ports = {name: interpolate(service["ports"][0], EXAMPLE) for name, service in SERVICES.items()}
     assert ports == {"vllm": f"127.0.0.1:{EXAMPLE['VLLM_PORT']}:8000", "gateway": f"{EXAMPLE['GATEWAY_PORT']}:9000",
+                     "router": f"127.0.0.1:{EXAMPLE['ROUTER_PORT']}:8080",
                      "prometheus": f"127.0.0.1:{EXAMPLE['PROMETHEUS_PORT']}:9090",
                      "grafana": f"127.0.0.1:{EXAMPLE['GRAFANA_PORT']}:3000"}
     assert int(SERVICES["vllm"]["environment"]["VLLM_PORT"]) == container_port("vllm")
     assert int(SERVICES["gateway"]["environment"]["GATEWAY_PORT"]) == container_port("gateway")
+
+
+def test_the_router_container_runs_what_the_launcher_would():
+    """Compose's router flags are the ones ``DeployConfig.router_command`` builds (compose's
+    addresses and container ports), and vllm-router's own parser reads them."""
+    from vllm_router.launch_router import parse_router_args
+
+    from helpers.scale_out.router import router_command
+
+    router = SERVICES["router"]
+    assert router["profiles"] == ["router"] and router["depends_on"] == {"vllm": {"condition": "service_healthy"}}
+    command = resolved(router["command"], EXAMPLE)
+    config = DeployConfig.from_values(EXAMPLE, source=".env.example", check_hardware=False)
+    launcher = config.router_command()
+    expected = router_command([f"http://vllm:{container_port('vllm')}"], container_port("router"), host="0.0.0.0",
+                              policy=config.service["ROUTER_POLICY"], metrics_port=29000,
+                              health_check_interval_s=5)
+    assert command == ["vllm-router", *expected[3:]]
+    compose_args, launcher_args = vars(parse_router_args(command[1:])), vars(parse_router_args(launcher[3:]))
+    addresses = {"host", "port", "worker_urls", "prometheus_host", "prometheus_port"}   # compose's own network
+    assert {k: v for k, v in compose_args.items() if k not in addresses} == \
+        {k: v for k, v in launcher_args.items() if k not in addresses}
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -359,7 +385,7 @@ def test_the_gateway_container_starts_without_a_gpu():
         port = busy.getsockname()[1]
         env = {name: value for name, value in os.environ.items() if name not in KNOWN}
         env.update(container_environment("gateway", EXAMPLE), GATEWAY_HOST="127.0.0.1", GATEWAY_PORT=str(port))
-        done = subprocess.run([sys.executable, "-m", *SERVICES["gateway"]["entrypoint"][2:]], env=env,
+        done = subprocess.run([sys.executable, "-m", *resolved(SERVICES["gateway"]["entrypoint"], EXAMPLE)[2:]], env=env,
                               capture_output=True, text=True, timeout=120)
     assert done.returncode == 1 and f"port {port} on 127.0.0.1 is already in use" in done.stderr, done.stderr
 

@@ -28,6 +28,7 @@ from faults import MARK, Kernel, marked
 from helpers import process
 from helpers.instant_upstream import InstantUpstream
 from helpers.deploy import DeployConfig
+from helpers.errors import DeployError
 from helpers.launcher import Plan, ServiceSpec, launch, plan_from_config
 from helpers.launcher.state import read_state
 from helpers.ports import free_port, port_is_free
@@ -242,6 +243,22 @@ def test_the_plan_of_an_env_file(tmp_path):
     assert without_key.services[0].env["VLLM_API_KEY"] is None and len(without_key.services) == 1
 
 
+def test_the_router_goes_between_vllm_and_the_gateway(tmp_path):
+    from vllm_router.launch_router import parse_router_args
+
+    env_file = write_env(tmp_path, ROUTER_POLICY="round_robin", ROUTER_WORKERS="http://10.0.0.2:8000 http://10.0.0.3:8000")
+    config = DeployConfig.from_env_file(env_file, check_hardware=False)
+    vllm, router, gateway = plan_from_config(config, env_file, gateway=True, router=True).services
+    parsed = parse_router_args(router.argv[3:])
+    assert parsed.worker_urls == [config.vllm_url, "http://10.0.0.2:8000", "http://10.0.0.3:8000"]
+    assert parsed.policy == "round_robin" and router.port == config.service["ROUTER_PORT"]
+    assert gateway.argv[gateway.argv.index("--upstream") + 1] == config.router_url
+    with pytest.raises(DeployError, match="ROUTER_WORKERS='10.0.0.2:8000' is not valid: expected vLLM servers"):
+        DeployConfig.from_env_file(write_env(tmp_path, ROUTER_WORKERS="10.0.0.2:8000"), check_hardware=False)
+    with pytest.raises(DeployError, match="ROUTER_POLICY='fastest' is not valid"):
+        DeployConfig.from_env_file(write_env(tmp_path, ROUTER_POLICY="fastest"), check_hardware=False)
+
+
 def test_status_logs_and_stop_of_a_running_launcher(tmp_path, tag):
     env_file = write_env(tmp_path)
     spec = replace(instant(tmp_path), env={"VLLM_API_KEY": None, "COURSE_EXTRA": "yes"})
@@ -400,13 +417,15 @@ def test_logs_follow_prints_new_lines_until_ctrl_c(tmp_path, tag):
 
 # -- the real thing -----------------------------------------------------------------------------------
 @pytest.mark.vllm
-def test_start_status_requests_logs_stop_with_real_vllm_and_gateway(tmp_path, tag, tiny_model_dir):
+def test_start_status_requests_logs_stop_with_real_vllm_router_and_gateway(tmp_path, tag, tiny_model_dir):
     from helpers.server import running_server_pids
 
-    env_file = write_env(tmp_path, VLLM_API_KEY="launcher-test-key")
-    started = cli("start", "--env", str(env_file), "--gateway", "--wait", "600", env=marked_env(tag), timeout=700)
+    env_file = write_env(tmp_path, VLLM_API_KEY="launcher-test-key", ROUTER_PORT=free_port(),
+                         ROUTER_METRICS_PORT=free_port())
+    started = cli("start", "--env", str(env_file), "--gateway", "--router", "--wait", "600", env=marked_env(tag),
+                  timeout=700)
     assert started.returncode == 0, started.stdout + started.stderr
-    assert "vllm is ready at" in started.stdout and "gateway is ready at" in started.stdout
+    assert all(f"{name} is ready at" in started.stdout for name in ("vllm", "router", "gateway"))
     try:
         done = cli("status", "--env", str(env_file))
         assert done.returncode == 0, done.stdout
@@ -426,4 +445,4 @@ def test_start_status_requests_logs_stop_with_real_vllm_and_gateway(tmp_path, ta
     assert stopped.returncode == 0, stopped.stderr
     assert not marked(tag)
     assert running_server_pids(port=state["vllm"]["port"]) == []
-    assert port_is_free("127.0.0.1", state["vllm"]["port"]) and port_is_free("127.0.0.1", state["gateway"]["port"])
+    assert all(port_is_free("127.0.0.1", state[name]["port"]) for name in ("vllm", "router", "gateway"))

@@ -347,6 +347,8 @@ BUILT_ELSEWHERE = {
     "extra_args=variant.extra_args": "test_tuning_experiment (run_variants itself)",
     "extra_args=cli_args(self.tuning)": "test_launcher / test_compose (DeployConfig.vllm_command)",
     "extra_args=self.extra_args": "VLLMServer.command_for: every VLLMServer case",
+    "extra_args=extra_args": "helpers.scale_out.start_replicas passes its caller's list on: a literal list in a "
+                             "notebook is checked by test_extra_args",
 }
 
 
@@ -709,3 +711,30 @@ def test_a_misspelled_llm_keyword_fails(vllm_cli):
     kwargs = course_settings("tiny", "cpu").llm_kwargs(max_num_seq=2)
     with pytest.raises(AssertionError, match=r"'max_num_seq' \(did you mean 'max_num_seqs'\?\)"):
         check_llm_kwargs(vllm_cli, kwargs, "a typo on purpose")
+
+
+# == the Kubernetes chart and vLLM's production-stack values (notebook 10) ========================
+@pytest.mark.parametrize("kind", ["gpu-3090", "cpu-smol"])
+def test_chart(vllm_cli, kind):
+    """The vLLM container the course's chart renders from each values file (helpers.kube)."""
+    from helpers.kube import VALUES_FILES, render_chart
+
+    container = render_chart(VALUES_FILES[kind]).container("StatefulSet", "-vllm", "vllm")
+    check_command(vllm_cli, container["command"] + container["args"], f"deploy/helm chart with values-{kind}.yaml")
+
+
+def test_production_stack_values(vllm_cli):
+    """deploy/production-stack/values-3090.yaml: the flags vllm-stack's template makes of each modelSpec
+    (helm/templates/deployment-vllm-multi.yaml of vllm-stack 0.1.12: modelURL, vllmConfig's fields, extraArgs)."""
+    values = yaml.safe_load((ROOT / "deploy" / "production-stack" / "values-3090.yaml").read_text(encoding="utf-8"))
+    flags = {"maxModelLen": "--max-model-len", "dtype": "--dtype", "tensorParallelSize": "--tensor-parallel-size",
+             "gpuMemoryUtilization": "--gpu-memory-utilization"}
+    for spec in values["servingEngineSpec"]["modelSpec"]:
+        config = spec.get("vllmConfig", {})
+        unknown = set(config) - set(flags) - {"enablePrefixCaching", "extraArgs"}
+        assert not unknown, f"vllmConfig fields this test does not map to flags: {unknown}"
+        argv = ["python3", "-m", API_SERVER_MODULE, "--model", spec["modelURL"], "--host", "0.0.0.0", "--port", "8000"]
+        argv += [word for key, flag in flags.items() if key in config for word in (flag, str(config[key]))]
+        argv += ["--enable-prefix-caching"] if config.get("enablePrefixCaching") else []
+        argv += [str(arg) for arg in config.get("extraArgs", [])]
+        check_command(vllm_cli, argv, f"production-stack modelSpec {spec['name']}")

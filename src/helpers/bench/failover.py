@@ -1,4 +1,4 @@
-"""High availability, measured: load through the gateway while one replica is killed (notebook 06).
+"""High availability, measured: load through a relay while one replica is killed (notebooks 06, 10).
 
 :func:`run_failover` sends ``requests`` non-streaming completions through a gateway in front of
 two (or more) vLLM replicas, ``concurrency`` at a time, and calls ``kill()`` once
@@ -16,15 +16,31 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .loop import run_sync
 
 
-def _metric_sum(base_url: str, name: str) -> float:
+#: label -> (metrics base URL, metric, labels): what a relay says it did about a failure.
+Counters = Mapping[str, tuple[str, str, Mapping[str, str]]]
+
+
+def gateway_counters(gateway_url: str) -> dict[str, tuple[str, str, dict[str, str]]]:
+    """The course gateway's retries and failed upstream attempts (chapter 05)."""
+    return {"gateway_retries": (gateway_url, "gateway_retries_total", {}),
+            "gateway_upstream_errors": (gateway_url, "gateway_upstream_errors_total", {})}
+
+
+def _read_counters(counters: Counters) -> dict[str, float]:
     from ..monitoring import scrape, value
 
-    return value(scrape(base_url), name) or 0.0
+    pages: dict[str, dict[str, Any]] = {}
+    read = {}
+    for label, (url, name, labels) in counters.items():
+        if url not in pages:
+            pages[url] = scrape(url)
+        read[label] = value(pages[url], name, **labels) or 0.0
+    return read
 
 
 async def _load(url: str, model: str, requests: int, concurrency: int, max_tokens: int, kill_after: int,
@@ -66,22 +82,27 @@ async def _load(url: str, model: str, requests: int, concurrency: int, max_token
 
 def run_failover(gateway_url: str, model: str, kill: Callable[[], Any], *, requests: int = 48, concurrency: int = 8,
                  kill_after: int = 12, max_tokens: int = 24, api_key: str | None = None,
-                 timeout: float = 300.0) -> dict[str, Any]:
-    """Send the load, kill a replica part-way, count what was answered and what was lost."""
+                 timeout: float = 300.0, counters: Counters | None = None) -> dict[str, Any]:
+    """Send the load, kill a replica part-way, count what was answered and what was lost.
+
+    ``counters`` (default: the course gateway's, :func:`gateway_counters`) are read before and
+    after; each label's increase is in the result (notebook 10 passes ``vllm-router``'s,
+    :meth:`helpers.scale_out.router.VLLMRouter.failover_counters`).
+    """
     if not 0 < kill_after < requests:
         raise ValueError(f"kill_after={kill_after} must be between 1 and requests-1 ({requests - 1})")
-    before = {name: _metric_sum(gateway_url, name) for name in ("gateway_retries_total", "gateway_upstream_errors_total")}
+    counters = gateway_counters(gateway_url) if counters is None else counters
+    before = _read_counters(counters)
     results, killed_at = run_sync(_load(gateway_url.rstrip("/"), model, requests, concurrency, max_tokens, kill_after,
                                         kill, api_key, timeout))
-    after = {name: _metric_sum(gateway_url, name) for name in before}
+    after = _read_counters(counters)
     lost = [r for r in results if not r["ok"]]
     return {
         "requests": requests, "concurrency": concurrency, "kill_after": kill_after, "killed_at_s": killed_at,
         "answered": requests - len(lost), "lost": len(lost),
         "lost_after_kill": sum(1 for r in lost if killed_at is not None and r["end_s"] >= killed_at),
         "errors": dict(Counter(r["error"] for r in lost).most_common(3)),
-        "gateway_retries": after["gateway_retries_total"] - before["gateway_retries_total"],
-        "gateway_upstream_errors": after["gateway_upstream_errors_total"] - before["gateway_upstream_errors_total"],
+        **{label: after[label] - before[label] for label in counters},
         "duration_s": max((r["end_s"] for r in results), default=0.0),
         "results": results,
     }

@@ -98,7 +98,7 @@ def run_gateway_overhead(settings, config: OverheadConfig | None = None, *, upst
     import contextlib
     import time
 
-    from .. import vllm_router
+    from ..scale_out import router as vllm_router
     from ..gateway import start_gateway
     from ..instant_upstream import InstantUpstream
     from .loop import run_sync

@@ -65,6 +65,21 @@ def _any(text: str) -> str:
     return text
 
 
+def _policy(text: str) -> str:
+    from ..scale_out.router import POLICIES
+
+    if text not in POLICIES:
+        raise ValueError
+    return text
+
+
+def _urls(text: str) -> tuple[str, ...]:
+    urls = tuple(text.replace(",", " ").split())
+    if not all(url.startswith(("http://", "https://")) for url in urls):
+        raise ValueError
+    return urls
+
+
 def _count(text: str) -> int:
     value = int(text)
     if value < 0:
@@ -89,12 +104,18 @@ SERVICE_VARIABLES: dict[str, tuple[Callable[[str], Any], str, str]] = {
     "GATEWAY_PORT": (_port, "a port number 1-65535, e.g. 9000", "9000"),
     "GATEWAY_API_KEY": (_any, "a secret string, or empty for none", ""),
     "GATEWAY_NO_KEY_ON_NETWORK": (_boolean, "one of 1/0, true/false, yes/no", "0"),
+    "ROUTER_PORT": (_port, "a port number 1-65535, e.g. 8080", "8080"),
+    "ROUTER_METRICS_PORT": (_port, "a port number 1-65535, e.g. 29000", "29000"),
+    "ROUTER_POLICY": (_policy, "one of round_robin, cache_aware, power_of_two, consistent_hash, random", "cache_aware"),
+    "ROUTER_WORKERS": (_urls, "vLLM servers on other machines, URLs separated by spaces, e.g. http://10.0.0.2:8000",
+                       ""),
     "RESTART_LIMIT": (_count, "an integer >= 0, e.g. 5", "5"),
     "RUN_DIR": (_folder, "a folder for the launcher's logs and state, e.g. run", "run"),
 }
 
 #: Read only by ``docker compose`` (the image, published ports of the monitoring services).
-COMPOSE_VARIABLES = ("VLLM_IMAGE", "PROMETHEUS_PORT", "GRAFANA_PORT", "GRAFANA_ADMIN_PASSWORD", "HF_HOME")
+COMPOSE_VARIABLES = ("VLLM_IMAGE", "ROUTER_IMAGE", "GATEWAY_UPSTREAM", "PROMETHEUS_PORT", "GRAFANA_PORT",
+                     "GRAFANA_ADMIN_PASSWORD", "HF_HOME")
 
 REQUIRED = ("COURSE_PROFILE", "MODEL_NAME", "VLLM_PORT")
 KNOWN = ("COURSE_PROFILE", *ENGINE_VARIABLES, *TUNING_VARIABLES, *SERVICE_VARIABLES, *COMPOSE_VARIABLES)
@@ -170,6 +191,18 @@ class DeployConfig:
     @property
     def gateway_url(self) -> str:
         return f"http://{connect_host(self.service['GATEWAY_HOST'])}:{self.service['GATEWAY_PORT']}"
+
+    @property
+    def router_url(self) -> str:
+        return f"http://{connect_host(self.service['VLLM_HOST'])}:{self.service['ROUTER_PORT']}"
+
+    def router_command(self) -> list[str]:
+        """vLLM's router (notebook 10) in front of this vLLM and ``ROUTER_WORKERS``, on vLLM's host."""
+        from ..scale_out.router import router_command
+
+        return router_command([self.vllm_url, *self.service["ROUTER_WORKERS"]], self.service["ROUTER_PORT"],
+                              host=self.service["VLLM_HOST"], policy=self.service["ROUTER_POLICY"],
+                              metrics_port=self.service["ROUTER_METRICS_PORT"], health_check_interval_s=5)
 
     def vllm_environment(self) -> dict[str, str]:
         """Variables vLLM needs besides its flags (the CPU KV space, ...); the key travels in ``VLLM_API_KEY``."""

@@ -22,6 +22,9 @@ def parser() -> OneLineParser:
     begin = sub.add_parser("start", help="start vLLM (and the gateway) in the background")
     begin.add_argument("--env", default=DEFAULT_ENV, help=env_help)
     begin.add_argument("--gateway", action="store_true", help="also start the chapter 05 gateway once vLLM is ready")
+    begin.add_argument("--router", action="store_true",
+                       help="also start vLLM's router (chapter 10) in front of this vLLM and ROUTER_WORKERS; "
+                            "the gateway then sends to the router")
     begin.add_argument("--wait", type=number(float, minimum=0, what="wait"), default=DEFAULT_WAIT_S, metavar="S",
                        help=f"seconds to wait until ready (default {DEFAULT_WAIT_S:g}; 0 returns at once)")
     for name, text in (("stop", "stop the launcher and its services"),
@@ -50,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return supervise(args.plan)
     try:
         if args.action == "start":
-            start(args.env, gateway=args.gateway, wait=args.wait)
+            start(args.env, gateway=args.gateway, router=args.router, wait=args.wait)
         elif args.action == "stop":
             stop(args.env)
         elif args.action == "status":

@@ -121,16 +121,16 @@ def wait_until_ready(child: process.Child, plan: Plan, wait: float, out: Out) ->
         time.sleep(0.5)
 
 
-def start(env_file: str | Path = DEFAULT_ENV, *, gateway: bool = False, wait: float = DEFAULT_WAIT_S,
-          out: Out = print) -> LauncherStatus:
-    """Start vLLM (and the gateway) in the background as ``env_file`` says; wait until ready.
+def start(env_file: str | Path = DEFAULT_ENV, *, gateway: bool = False, router: bool = False,
+          wait: float = DEFAULT_WAIT_S, out: Out = print) -> LauncherStatus:
+    """Start vLLM (and vLLM's router, the gateway) in the background as ``env_file`` says; wait until ready.
 
     ``wait=0`` returns as soon as the supervisor runs. Raises :class:`~helpers.errors.DeployError`
     for a bad ``.env`` and :class:`~helpers.errors.ServerError` when something is in the way
     or a service fails to start (after stopping everything this call started).
     """
     config = DeployConfig.from_env_file(env_file, check_hardware=True)
-    plan = plan_from_config(config, env_file, gateway=gateway)
+    plan = plan_from_config(config, env_file, gateway=gateway, router=router)
     if lock_is_held(plan.folder):
         raise ServerError(_already_running(env_file, plan.folder))
     _check_ports(plan, env_file)

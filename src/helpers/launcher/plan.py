@@ -113,8 +113,11 @@ def run_dir_of(env_file: str | Path, raw: str | None = None) -> Path:
     return folder if folder.is_absolute() else (Path(env_file).resolve().parent / folder)
 
 
-def plan_from_config(config: DeployConfig, env_file: str | Path, *, gateway: bool = False) -> Plan:
-    """The course's plan: vLLM (ready when ``/v1/models`` lists the served name), then the gateway."""
+def plan_from_config(config: DeployConfig, env_file: str | Path, *, gateway: bool = False,
+                     router: bool = False) -> Plan:
+    """The course's plan: vLLM (ready when ``/v1/models`` lists the served name), then vLLM's
+    router (notebook 10: this vLLM and ``ROUTER_WORKERS`` behind it), then the gateway, whose
+    upstream is the router when there is one."""
     run_dir = run_dir_of(env_file, str(config.service["RUN_DIR"]))
     logs = run_dir / LOG_FOLDER
     secrets = {name: config.service[name] for name in ("VLLM_API_KEY", "GATEWAY_API_KEY")}
@@ -126,8 +129,15 @@ def plan_from_config(config: DeployConfig, env_file: str | Path, *, gateway: boo
         model=config.settings.served_model_name, api_key=config.service["VLLM_API_KEY"],
         health_paths=["/health", "/v1/models"], ready_timeout_s=VLLM_READY_TIMEOUT_S, grace_s=STOP_GRACE_S + 2,
         header=shown)]
+    if router:
+        argv = config.router_command()
+        services.append(ServiceSpec(
+            name="router", argv=argv, env={}, host=config.service["VLLM_HOST"], port=config.service["ROUTER_PORT"],
+            log=str(logs / "router.log"), ready_path="/health", ready_timeout_s=GATEWAY_READY_TIMEOUT_S, grace_s=5.0,
+            header="starting: " + format_command(argv, {})))
     if gateway:
-        argv, env = config.gateway_command(), config.gateway_environment()
+        argv = config.gateway_command(config.router_url if router else None)
+        env = config.gateway_environment()
         services.append(ServiceSpec(
             name="gateway", argv=argv, env=env, host=config.service["GATEWAY_HOST"],
             port=config.service["GATEWAY_PORT"], log=str(logs / "gateway.log"), ready_path="/health",

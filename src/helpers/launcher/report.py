@@ -21,7 +21,7 @@ from .probes import check
 from .state import FAILED, READY, lock_is_held, read_state, remove_state
 
 EXIT_OK, EXIT_UNHEALTHY, EXIT_NOT_RUNNING = 0, 1, 3
-LOG_NAMES = ("supervisor", "vllm", "gateway")
+LOG_NAMES = ("supervisor", "vllm", "router", "gateway")
 FOLLOW_POLL_S = 0.5
 TAIL_BYTES = 256 * 1024
 
