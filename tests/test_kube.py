@@ -51,13 +51,17 @@ def test_the_router_lists_every_replica_by_its_stable_name(charts):
     service = rendered.find("Service", "-vllm")
     assert service["spec"]["clusterIP"] == "None"
     name = service["metadata"]["name"]
-    assert workers == [f"http://{name}-{i}.{name}.vllm.svc.cluster.local:8000" for i in range(2)]
+    assert workers == [f"http://{name}-{i}.{name}.vllm.svc:8000" for i in range(2)]
+    assert service["spec"]["publishNotReadyAddresses"] is True        # the router checks health itself
+    router = rendered.container("Deployment", "-router", "router")
+    assert router["readinessProbe"]["httpGet"]["path"] == "/readiness"  # not /health: 503 when any one is down
+    assert args[args.index("--worker-startup-timeout-secs") + 1] == "600"
 
 
 @pytest.mark.parametrize("kind", sorted(VALUES_FILES))
 def test_the_committed_values_files_are_what_the_settings_write(kind):
     assert VALUES_FILES[kind].read_text(encoding="utf-8") == values_text(kind), (
-        f"{VALUES_FILES[kind]} is out of date: python -m helpers.kube values {kind} > {VALUES_FILES[kind]}")
+        f"{VALUES_FILES[kind]} is out of date: .venv/bin/python -m helpers.kube values {kind} > {VALUES_FILES[kind]}")
 
 
 def test_autoscaling_renders_an_hpa_and_service_discovery_with_its_role():
@@ -91,7 +95,9 @@ def test_the_gateway_goes_in_front_of_the_router():
     ({"gateway": {"enabled": True}}, "gateway.image is empty"),
     ({"router": {"image": ""}}, "router.image is empty"),
     ({"vllm": {"args": ["--max-model-len", 4096]}}, "args"),
-], ids=["unknown-policy", "no-replicas", "bad-size", "gateway-without-image", "router-without-image", "number-arg"])
+    ({"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 2}}, "minReplicas .3. is above"),
+], ids=["unknown-policy", "no-replicas", "bad-size", "gateway-without-image", "router-without-image", "number-arg",
+        "min-above-max"])
 def test_a_mistake_in_the_values_is_one_message(values, says):
     with pytest.raises(DeployError, match=says) as caught:
         render_chart(values)

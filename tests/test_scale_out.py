@@ -42,6 +42,18 @@ def test_replicas_get_their_own_cores(tiny, monkeypatch):
     assert data_parallel_environment(tiny, 2) == {"VLLM_CPU_OMP_THREADS_BIND": "0,1|2,3", "OMP_NUM_THREADS": "2"}
 
 
+def test_replicas_on_gpus_get_a_card_each_or_share_one(monkeypatch):
+    gpu = get_settings("tiny", env={"COURSE_DEVICE": "cuda"}, check_hardware=False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert [replica_environment(gpu, i, 3)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["2", "3", "2"]
+    assert replica_environment(gpu, 0, 2)["CUDA_DEVICE_ORDER"] == "PCI_BUS_ID"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    assert replica_environment(gpu, 1, 2) == {}                  # one card: shared
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert replica_environment(gpu, 0, 2) == {}                  # none visible: nothing to hand out
+    assert data_parallel_environment(gpu, 2) == {}               # vLLM gives each rank its card
+
+
 def test_round_robin_splits_turns_and_cache_aware_keeps_a_conversation_on_one_replica(tiny, replicas):
     urls = [server.base_url for server in replicas]
     runs = {}

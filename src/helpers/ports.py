@@ -37,6 +37,16 @@ def free_port(host: str = DEFAULT_HOST) -> int:
         return sock.getsockname()[1]
 
 
+def distinct_free_ports(count: int, host: str = DEFAULT_HOST) -> list[int]:
+    """``count`` free ports, all different (two :func:`free_port` calls may return the same one)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port(host)
+        if port not in ports:
+            ports.append(port)
+    return ports
+
+
 def port_is_free(host: str, port: int) -> bool:
     """True when ``host:port`` can be bound, i.e. nothing listens there (SO_REUSEADDR, as uvicorn)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

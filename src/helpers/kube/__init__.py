@@ -5,7 +5,7 @@
   validates every document with ``kubernetes-validate`` (the Kubernetes API's JSON schemas);
 * :mod:`.values` writes the course's two values files (the 7B on two RTX 3090 nodes, ``smol``
   on CPUs) from the same settings every other command line comes from;
-* ``python -m helpers.kube render VALUES`` and ``python -m helpers.kube values KIND`` from a shell.
+* ``.venv/bin/python -m helpers.kube render VALUES`` and ``... values KIND`` from a shell.
 """
 
 from .chart import CHART_DIR, KUBE_VERSION, Rendered, load_values, render_chart

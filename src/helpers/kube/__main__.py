@@ -1,8 +1,8 @@
 """``python -m helpers.kube``: the course's chart from a shell (notebook 10).
 
-    python -m helpers.kube render deploy/helm/values-cpu-smol.yaml     # render + validate, offline
-    python -m helpers.kube render deploy/helm/values-gpu-3090.yaml --out /tmp/manifests.yaml
-    python -m helpers.kube values gpu-3090                             # the values file, from the settings
+    .venv/bin/python -m helpers.kube render deploy/helm/values-cpu-smol.yaml     # render + validate, offline
+    .venv/bin/python -m helpers.kube render deploy/helm/values-gpu-3090.yaml --out /tmp/manifests.yaml
+    .venv/bin/python -m helpers.kube values gpu-3090                             # the values file, from the settings
 
 Exit status 0 when every document is valid, 2 with one message when something is wrong.
 """

@@ -43,7 +43,10 @@ class Rendered:
 
     def container(self, kind: str, suffix: str, name: str) -> dict[str, Any]:
         spec = self.find(kind, suffix)["spec"]["template"]["spec"]
-        return next(c for c in spec["containers"] if c["name"] == name)
+        for container in spec["containers"]:
+            if container["name"] == name:
+                return container
+        raise KeyError(f"no container {name!r} in {kind}/*{suffix} of {self.values_file}")
 
     def text(self) -> str:
         """All documents as one YAML stream, as ``helm template`` prints them."""
@@ -93,7 +96,11 @@ def _helm():
 
 
 def _validate(documents: list[dict[str, Any]], kube_version: str, values_file: str) -> None:
-    import kubernetes_validate
+    try:
+        import kubernetes_validate
+    except ImportError:
+        raise DeployError("kubernetes-validate is not installed in this Python: bash course.sh install "
+                          "(requirements/common.txt pins it).") from None
 
     problems = []
     for document in documents:
@@ -106,6 +113,10 @@ def _validate(documents: list[dict[str, Any]], kube_version: str, values_file: s
         except kubernetes_validate.SchemaNotFoundError:
             problems.append(f"{name}: Kubernetes {kube_version} has no schema for {document.get('apiVersion')} "
                             f"{document.get('kind')}")
+        except (kubernetes_validate.utils.VersionNotSupportedError, kubernetes_validate.InvalidSchemaError):
+            raise DeployError(f"Kubernetes {kube_version}: kubernetes-validate has no schemas for that version; "
+                              f"use one of {', '.join(sorted(set(kubernetes_validate.utils.all_versions()))[-3:])} "
+                              f"(or {KUBE_VERSION}, the course's).") from None
     if problems:
         raise DeployError(f"{values_file}: the chart rendered, but Kubernetes {kube_version} would refuse "
                           f"{len(problems)} document(s):\n  " + "\n  ".join(problems))
@@ -136,7 +147,16 @@ def render_chart(values: str | Path | Mapping[str, Any], *, chart_dir: str | Pat
     rendered = Rendered(values_file=source, manifests={path: text for path, text in manifests.items()
                                                         if not path.endswith("NOTES.txt")})
     for path, text in sorted(rendered.manifests.items()):
-        rendered.documents += [doc for doc in yaml.safe_load_all(text) if doc]
+        try:
+            documents = [doc for doc in yaml.safe_load_all(text) if doc]
+        except yaml.YAMLError as exc:
+            raise DeployError(f"{source}: {path} rendered to text that is not YAML ({exc}); check that "
+                              "template's indentation (nindent) around the values it prints.") from None
+        odd = [doc for doc in documents if not isinstance(doc, dict) or "kind" not in doc or "metadata" not in doc]
+        if odd:
+            raise DeployError(f"{source}: {path} rendered something that is not a Kubernetes document: "
+                              f"{str(odd[0])[:120]}")
+        rendered.documents += documents
     if validate:
         _validate(rendered.documents, kube_version, source)
     return rendered

@@ -4,7 +4,7 @@
 with one RTX 3090 each; ``deploy/helm/values-cpu-smol.yaml``: the ``smol`` profile on CPU nodes.
 The engine arguments and environment are :meth:`helpers.settings.Settings.llm_kwargs` and
 ``vllm_environment()`` of that profile, the same ones the notebooks, the launcher and compose
-use; ``python -m helpers.kube values gpu-3090 > deploy/helm/values-gpu-3090.yaml`` rewrites a file
+use; ``.venv/bin/python -m helpers.kube values gpu-3090 > deploy/helm/values-gpu-3090.yaml`` rewrites a file
 after the settings change, and ``tests/test_kube.py`` fails until it is rewritten.
 """
 
@@ -27,17 +27,17 @@ _HEADER = {
     "gpu-3090": """\
 # Qwen2.5-7B-Instruct on two nodes with one RTX 3090 (24 GB) each: one replica per node, vLLM's
 # router in front (cache-aware), the course's gateway optional. Written by
-#   python -m helpers.kube values gpu-3090 > deploy/helm/values-gpu-3090.yaml
+#   .venv/bin/python -m helpers.kube values gpu-3090 > deploy/helm/values-gpu-3090.yaml
 # from the course's gpu profile; edit the lines marked EDIT, rewrite the rest with that command.
-#   python -m helpers.kube render deploy/helm/values-gpu-3090.yaml      # offline, no cluster
+#   .venv/bin/python -m helpers.kube render deploy/helm/values-gpu-3090.yaml      # offline, no cluster
 #   helm install course deploy/helm/vllm-hands-on -f deploy/helm/values-gpu-3090.yaml -n vllm --create-namespace
 """,
     "cpu-smol": """\
 # SmolLM2-135M-Instruct on CPU nodes (no GPU): two small replicas behind vLLM's router, for a
 # laptop cluster (kind, k3d, minikube) or a CPU-only one. Written by
-#   python -m helpers.kube values cpu-smol > deploy/helm/values-cpu-smol.yaml
+#   .venv/bin/python -m helpers.kube values cpu-smol > deploy/helm/values-cpu-smol.yaml
 # from the course's smol profile; edit the lines marked EDIT, rewrite the rest with that command.
-#   python -m helpers.kube render deploy/helm/values-cpu-smol.yaml
+#   .venv/bin/python -m helpers.kube render deploy/helm/values-cpu-smol.yaml
 #   helm install course deploy/helm/vllm-hands-on -f deploy/helm/values-cpu-smol.yaml -n vllm --create-namespace
 """,
 }
@@ -57,9 +57,11 @@ def course_values(kind: str) -> dict[str, Any]:
         "image": "vllm/vllm-openai:v0.32.0" if gpu else "public.ecr.aws/q9t5s3a7/vllm-cpu-release-repo:v0.32.0",
         "replicas": 2,
         "args": cli_args(kwargs),
-        "env": dict(settings.vllm_environment()),
+        "env": {**settings.vllm_environment(), **({} if gpu else {"OMP_NUM_THREADS": "2"})},
+        # CPU: requests = limits in whole cores (Guaranteed; with the kubelet's static CPU manager the
+        # cores are the replica's alone) and as many OpenMP threads: replicas must not share cores.
         "resources": ({"requests": {"cpu": "4", "memory": "24Gi"}, "limits": {"nvidia.com/gpu": 1, "memory": "32Gi"}}
-                      if gpu else {"requests": {"cpu": "2", "memory": "3Gi"}, "limits": {"memory": "4Gi"}}),
+                      if gpu else {"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}),
         "shmSize": "4Gi" if gpu else "1Gi",
         "cache": {"size": "40Gi" if gpu else "2Gi", "storageClassName": "", "mountPath": "/root/.cache/huggingface"},
         "probes": {"startupSeconds": 1800 if gpu else 600, "periodSeconds": 10},
@@ -69,13 +71,16 @@ def course_values(kind: str) -> dict[str, Any]:
     return {"model": {"name": settings.model_id, "servedName": settings.served_model_name},
             "vllm": vllm,
             "router": {"policy": "cache_aware"},
-            "gateway": {"enabled": False}}
+            "gateway": {"enabled": False},
+            # one replica per GPU node: two nodes, at most two replicas
+            "autoscaling": {"enabled": False, "minReplicas": 1, "maxReplicas": 2 if gpu else 4}}
 
 
 _COMMENTS = {
     "vllm:": "# EDIT: image (your vLLM version), replicas, resources, nodeSelector (kubectl get nodes -L nvidia.com/gpu.product)",
     "router:": "# EDIT: policy (round_robin, cache_aware, ...); chapter 10 measures the two",
     "gateway:": "# EDIT: enabled: true with gateway.image (deploy/helm/gateway.Dockerfile) and apiKeySecret",
+    "autoscaling:": "# EDIT: enabled: true needs prometheus-adapter (templates/autoscaling.yaml has its rule); max = your nodes",
 }
 
 

@@ -15,18 +15,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 from ..errors import ServerError
-from ..ports import free_port
+from ..ports import distinct_free_ports
 from ..server import VLLMServer, running_server_pids
 from ..settings import Settings
-
-
-def distinct_free_ports(count: int) -> list[int]:
-    ports: list[int] = []
-    while len(ports) < count:
-        port = free_port()
-        if port not in ports:
-            ports.append(port)
-    return ports
 
 
 def replica_environment(settings: Settings, index: int, count: int) -> dict[str, str]:
@@ -35,9 +26,9 @@ def replica_environment(settings: Settings, index: int, count: int) -> dict[str,
     On the CPU: its own cores (``VLLM_CPU_OMP_THREADS_BIND``, ``OMP_NUM_THREADS``). Unbound, each
     engine runs one OpenMP thread per core of the machine, and two engines on the same cores
     spin against each other: measured here, a request took 5x longer with both replicas busy.
-    On GPUs: its own card (``CUDA_VISIBLE_DEVICES``) when there are enough; on one card the
-    replicas share it (each at a small ``gpu_memory_utilization``, see
-    :func:`helpers.engines.small_engine_settings`).
+    On GPUs: a card of its own (``CUDA_VISIBLE_DEVICES``, round robin over the visible cards when
+    there are fewer than replicas); on one card the replicas share it (each at a small
+    ``gpu_memory_utilization``, see :func:`helpers.engines.small_engine_settings`).
     """
     if settings.device == "cpu":
         cores = sorted(os.sched_getaffinity(0))
@@ -46,24 +37,43 @@ def replica_environment(settings: Settings, index: int, count: int) -> dict[str,
             return {"OMP_NUM_THREADS": "1"}
         mine = cores[index * share:(index + 1) * share]
         return {"VLLM_CPU_OMP_THREADS_BIND": ",".join(str(core) for core in mine), "OMP_NUM_THREADS": str(len(mine))}
-    visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    if not visible:
-        from ..hardware import probe_gpus
+    visible = visible_gpus()
+    if len(visible) < 2:
+        return {}   # one card (or none visible): the replicas share it
+    # NVML numbers cards in PCI order, CUDA fastest first unless told: the same order for both
+    return {"CUDA_VISIBLE_DEVICES": visible[index % len(visible)], "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
 
-        visible = [str(gpu.index) for gpu in probe_gpus().gpus]
-    return {"CUDA_VISIBLE_DEVICES": visible[index]} if len(visible) >= count else {}
+
+def visible_gpus() -> list[str]:
+    """The cards this process may use: ``CUDA_VISIBLE_DEVICES`` when set (empty: none), else every
+    card NVML or nvidia-smi lists."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [card.strip() for card in listed.split(",") if card.strip()]
+    from ..hardware import probe_gpus
+
+    return [str(gpu.index) for gpu in probe_gpus().gpus]
+
+
+def _shares_a_device(settings: Settings, count: int) -> bool:
+    return settings.device != "cpu" and len(visible_gpus()) < count
 
 
 def start_replicas(settings: Settings, count: int, *, extra_args: Sequence[str] = (),
                    progress: bool = True, timeout: float | None = None) -> list[VLLMServer]:
     """``count`` running servers of ``settings`` (each its own port and share of the machine,
-    :func:`replica_environment`), or an error and none running."""
+    :func:`replica_environment`), or an error and none running.
+
+    In parallel, except when they share a GPU: vLLM measures the memory it may use during its
+    start, and another engine allocating on the same card at that moment is counted as its own
+    (vLLM's advice: never start two engines on one card at the same time).
+    """
     if count < 1:
         raise ServerError(f"count={count}: start at least one replica.")
     servers = [VLLMServer(settings, port=port, exclusive=False, extra_args=extra_args, progress=progress,
                           timeout=timeout, env=replica_environment(settings, index, count))
                for index, port in enumerate(distinct_free_ports(count))]
-    with ThreadPoolExecutor(count) as pool:
+    with ThreadPoolExecutor(1 if _shares_a_device(settings, count) else count) as pool:
         futures = [pool.submit(server.start) for server in servers]
         errors = []
         for index, future in enumerate(futures):

@@ -28,7 +28,7 @@ import httpx
 from .. import process
 from ..engine_log import LOG_DIR
 from ..errors import CourseError
-from ..ports import free_port
+from ..ports import distinct_free_ports
 
 #: The policies ``vllm-router --policy`` accepts without extra infrastructure (``kv_aware``
 #: needs vLLM's KV events over ZMQ, ``sticky_least_loaded`` session headers).
@@ -107,7 +107,9 @@ class VLLMRouter:
         self.worker_urls = [worker_base_url(url) for url in worker_urls]
         if not self.worker_urls:
             raise CourseError("VLLMRouter needs at least one worker URL (a vLLM server's base URL).")
-        self.port, self.metrics_port = port or free_port(), metrics_port or free_port()
+        spare = distinct_free_ports(3)
+        self.port = port or next(p for p in spare if p != metrics_port)
+        self.metrics_port = metrics_port or next(p for p in spare if p != self.port)
         self.health_check_interval_s, self.extra, self.timeout = health_check_interval_s, tuple(extra), timeout
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
@@ -174,7 +176,7 @@ class VLLMRouter:
 
     def serving_workers(self) -> list[str]:
         """The workers the router sends requests to: healthy by its health check, and their circuit
-        breaker not open."""
+        breaker closed or half-open (taking trial requests)."""
         breakers = self._per_worker("vllm_router_cb_state")
         return sorted(worker["url"] for worker in self.workers()
                       if worker.get("is_healthy") and breakers.get(worker["url"], 0) != OPEN)
@@ -205,8 +207,11 @@ class VLLMRouter:
         while time.monotonic() < deadline:
             healthy = url in {w["url"] for w in self.workers() if w.get("is_healthy")}
             if healthy:
-                httpx.post(self.url_for("v1", "completions"), timeout=60, trust_env=False,
-                           json={"model": model, "prompt": "ping", "max_tokens": 1})
+                try:
+                    httpx.post(self.url_for("v1", "completions"), timeout=60, trust_env=False,
+                               json={"model": model, "prompt": "ping", "max_tokens": 1})
+                except httpx.HTTPError:
+                    pass   # the router answered nothing this time: try again
                 sent += 1
                 served = self._per_worker("vllm_router_processed_requests_total").get(url, 0.0) > before
                 if served and self._per_worker("vllm_router_cb_state").get(url, 0.0) == CLOSED:

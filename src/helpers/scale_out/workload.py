@@ -92,6 +92,13 @@ class WorkloadRun:
         return sum(r["completion_tokens"] for r in self.ok) / self.duration_s if self.duration_s else 0.0
 
     @property
+    def reuse_ceiling(self) -> float | None:
+        """The hit rate if every turn after the first found all of its prompt cached: 1 - the
+        first turns' share of the prompt tokens (token counts from vLLM's ``usage``)."""
+        total = sum(r["prompt_tokens"] for r in self.ok)
+        return 1 - sum(r["prompt_tokens"] for r in self.ok if r["turn"] == 0) / total if total else None
+
+    @property
     def hit_rate(self) -> float | None:
         """Prefix-cache hits / queries over every replica (tokens)."""
         queries = sum(r["prefix_queries"] for r in self.replicas.values())
@@ -110,14 +117,23 @@ def merge_runs(runs: Sequence[WorkloadRun], label: str) -> WorkloadRun:
     replicas: dict[str, dict[str, float]] = {}
     for run in runs:
         for key, stats in run.replicas.items():
-            total = replicas.setdefault(key, {name: 0.0 for name in stats})
+            total = replicas.setdefault(key, {})
             for name, amount in stats.items():
                 if name != "hit_rate":
-                    total[name] += amount
+                    total[name] = total.get(name, 0.0) + amount
     for total in replicas.values():
         total["hit_rate"] = total["prefix_hits"] / total["prefix_queries"] if total["prefix_queries"] else 0.0
     return WorkloadRun(label=label, records=[r for run in runs for r in run.records], replicas=replicas,
                        duration_s=sum(run.duration_s for run in runs))
+
+
+def cache_block_size(base_url: str) -> int | None:
+    """The KV-cache block size a vLLM server uses (``vllm:cache_config_info``): the prefix cache
+    reuses whole blocks only. ``None`` if the server does not say."""
+    family = scrape(base_url).get("vllm:cache_config_info")
+    sizes = {s.labels.get("block_size") for s in family.samples} if family else set()
+    sizes.discard(None)
+    return int(sizes.pop()) if len(sizes) == 1 else None
 
 
 def replica_counters(metrics_urls: Sequence[str]) -> dict[str, dict[str, float]]:
@@ -139,6 +155,8 @@ def _difference(after: Mapping[str, Mapping[str, float]], before: Mapping[str, M
     changed = {}
     for key, stats in after.items():
         earlier = before.get(key, {})
+        if any(stats[name] < earlier.get(name, 0.0) for name in stats):
+            earlier = {}   # the counters went down: the replica restarted in between, count from zero
         delta = {name: stats[name] - earlier.get(name, 0.0) for name in stats}
         delta["hit_rate"] = delta["prefix_hits"] / delta["prefix_queries"] if delta["prefix_queries"] else 0.0
         changed[key] = delta
@@ -173,6 +191,8 @@ async def _play(url: str, model: str, plays: Sequence[Conversation], concurrency
                             if not line.startswith("data: ") or line == "data: [DONE]":
                                 continue
                             event = json.loads(line[6:])
+                            if event.get("error"):       # the upstream failed after the stream began
+                                record["error"] = str(event["error"].get("message", event["error"]))[:300]
                             for choice in event.get("choices") or []:
                                 piece = (choice.get("delta") or {}).get("content")
                                 if piece:
@@ -182,7 +202,9 @@ async def _play(url: str, model: str, plays: Sequence[Conversation], concurrency
                             if event.get("usage"):
                                 record["prompt_tokens"] = event["usage"]["prompt_tokens"]
                                 record["completion_tokens"] = event["usage"]["completion_tokens"]
-                        record["ok"] = record["completion_tokens"] > 0
+                        record["ok"] = record["completion_tokens"] > 0 and record["error"] is None
+                        if not record["ok"] and record["error"] is None:
+                            record["error"] = "the stream ended without tokens or usage"
             except httpx.HTTPError as exc:
                 record["error"] = f"{type(exc).__name__}: {exc}"[:300]
             record["e2e_s"] = time.perf_counter() - start

@@ -27,6 +27,6 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- define "course.workerUrls" -}}
 {{- $name := printf "%s-vllm" (include "course.fullname" .) -}}
 {{- range $i, $_ := until (int .Values.vllm.replicas) }}
-- http://{{ $name }}-{{ $i }}.{{ $name }}.{{ $.Release.Namespace }}.svc.cluster.local:{{ $.Values.vllm.port }}
+- http://{{ $name }}-{{ $i }}.{{ $name }}.{{ $.Release.Namespace }}.svc:{{ $.Values.vllm.port }}
 {{- end }}
 {{- end -}}
