@@ -44,7 +44,8 @@ def _figure(width: float = 7.5, height: float = 4.5):
     return fig, fig.add_subplot()
 
 
-def _save(fig, path: str | Path | None, default_name: str, save: bool) -> Path | None:
+def save_figure(fig, path: str | Path | None, default_name: str, save: bool = True) -> Path | None:
+    """Write ``fig`` to ``path``, or under the images folder (``COURSE_IMAGES_DIR`` in tests) as ``default_name``."""
     if not save:
         return None
     target = Path(path) if path is not None else default_images_dir() / default_name
@@ -134,7 +135,7 @@ def plot_throughput(records: Sequence[Record], *, path: str | Path | None = None
             "spread": {label: {k: series[label][k] for k in ("low", "high")} for label in order},
             "failed": [f"{series_label(r)} at {r['num_prompts']}" for r in records if not succeeded(r)],
             "log_y": log_y, "run": run_name(records)}
-    return Plot(fig, data, _save(fig, path, "bench_offline_throughput.png", save))
+    return Plot(fig, data, save_figure(fig, path, "bench_offline_throughput.png", save))
 
 
 def plot_speedup(records: Sequence[Record], *, path: str | Path | None = None, save: bool = True) -> Plot:
@@ -164,7 +165,7 @@ def plot_speedup(records: Sequence[Record], *, path: str | Path | None = None, s
     ax.set_ylabel("speed-up (vLLM / best transformers)")
     ax.set_ylim(0, max(data["high"] + [1.0]) * 1.3)
     ax.set_title("vLLM speed-up over the best transformers run\n" + _wrap(run_name(records)), fontsize=9)
-    return Plot(fig, data, _save(fig, path, "bench_speedup.png", save))
+    return Plot(fig, data, save_figure(fig, path, "bench_speedup.png", save))
 
 
 def plot_crossover(records: Sequence[Record], *, path: str | Path | None = None, save: bool = True) -> Plot:
@@ -202,7 +203,7 @@ def plot_crossover(records: Sequence[Record], *, path: str | Path | None = None,
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     data = {"lines": lines, "run": run_name(records)}
-    return Plot(fig, data, _save(fig, path, "bench_crossover.png", save))
+    return Plot(fig, data, save_figure(fig, path, "bench_crossover.png", save))
 
 
 def plot_latency_throughput(records: Sequence[Record], *, metric: str = "e2e", path: str | Path | None = None,
@@ -241,4 +242,4 @@ def plot_latency_throughput(records: Sequence[Record], *, metric: str = "e2e", p
     ax.set_title(f"Latency vs throughput under load\n{where}points: concurrency c", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return Plot(fig, data, _save(fig, path, f"bench_latency_{metric}.png", save))
+    return Plot(fig, data, save_figure(fig, path, f"bench_latency_{metric}.png", save))

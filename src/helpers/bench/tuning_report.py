@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-from .plots import Plot, _figure, _save
+from .plots import Plot, _figure, save_figure
 from .records import Record
 
 
@@ -156,5 +156,5 @@ def plot_tuning(records: Sequence[Record], experiment: str, *, path: str | Path 
     else:
         raise ValueError(f"unknown experiment {experiment!r}")
     ax.text(0.99, 0.01, f"profile {profile}", transform=ax.transAxes, ha="right", va="bottom", fontsize=7, alpha=0.7)
-    saved = _save(fig, path, f"tuning-{experiment}-{profile}.png", save)
+    saved = save_figure(fig, path, f"tuning-{experiment}-{profile}.png", save)
     return Plot(figure=fig, data=data, path=saved)

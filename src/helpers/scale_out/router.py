@@ -107,9 +107,8 @@ class VLLMRouter:
         self.worker_urls = [worker_base_url(url) for url in worker_urls]
         if not self.worker_urls:
             raise CourseError("VLLMRouter needs at least one worker URL (a vLLM server's base URL).")
-        spare = distinct_free_ports(3)
-        self.port = port or next(p for p in spare if p != metrics_port)
-        self.metrics_port = metrics_port or next(p for p in spare if p != self.port)
+        spare = iter(free for free in distinct_free_ports(3) if free not in (port, metrics_port))
+        self.port, self.metrics_port = port or next(spare), metrics_port or next(spare)
         self.health_check_interval_s, self.extra, self.timeout = health_check_interval_s, tuple(extra), timeout
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.metrics_port}"
@@ -170,14 +169,16 @@ class VLLMRouter:
         """``GET /workers``: each worker's URL, ``is_healthy`` and ``load`` as the router sees them."""
         return httpx.get(self.url_for("workers"), timeout=5.0, trust_env=False).json()["workers"]
 
-    def _per_worker(self, metric: str) -> dict[str, float]:
-        return {sample.labels.get("worker"): sample.value for family in self.metrics().values()
-                for sample in family.samples if sample.name == metric}
+    def _per_worker(self, *metrics: str) -> list[dict[str, float]]:
+        """For each metric, ``{worker URL: value}``, all from one read of the Prometheus page."""
+        samples = [sample for family in self.metrics().values() for sample in family.samples]
+        return [{sample.labels.get("worker"): sample.value for sample in samples if sample.name == metric}
+                for metric in metrics]
 
     def serving_workers(self) -> list[str]:
         """The workers the router sends requests to: healthy by its health check, and their circuit
         breaker closed or half-open (taking trial requests)."""
-        breakers = self._per_worker("vllm_router_cb_state")
+        (breakers,) = self._per_worker("vllm_router_cb_state")
         return sorted(worker["url"] for worker in self.workers()
                       if worker.get("is_healthy") and breakers.get(worker["url"], 0) != OPEN)
 
@@ -202,7 +203,8 @@ class VLLMRouter:
         """
         url = worker_base_url(url)
         deadline = time.monotonic() + timeout
-        before = self._per_worker("vllm_router_processed_requests_total").get(url, 0.0)
+        (processed,) = self._per_worker("vllm_router_processed_requests_total")
+        before = processed.get(url, 0.0)
         sent = 0
         while time.monotonic() < deadline:
             healthy = url in {w["url"] for w in self.workers() if w.get("is_healthy")}
@@ -213,8 +215,8 @@ class VLLMRouter:
                 except httpx.HTTPError:
                     pass   # the router answered nothing this time: try again
                 sent += 1
-                served = self._per_worker("vllm_router_processed_requests_total").get(url, 0.0) > before
-                if served and self._per_worker("vllm_router_cb_state").get(url, 0.0) == CLOSED:
+                processed, breakers = self._per_worker("vllm_router_processed_requests_total", "vllm_router_cb_state")
+                if processed.get(url, 0.0) > before and breakers.get(url, 0.0) == CLOSED:
                     return sent
             time.sleep(0.5)
         raise CourseError(f"vllm-router did not take {url} back within {timeout:g} s "

@@ -18,12 +18,13 @@ import asyncio
 import json
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from ..bench.loop import run_sync
+from ..bench.plots import Plot, save_figure
 from ..monitoring import scrape, value
 
 #: vLLM's counters read per replica (and per engine of a data-parallel server).
@@ -234,6 +235,10 @@ def run_conversations(url: str, model: str, plays: Sequence[Conversation], *, re
                        duration_s=duration)
 
 
+def _ms(x: float | None) -> str:
+    return "-" if x is None else f"{x:.0f} ms"
+
+
 def comparison_table(runs: Sequence[WorkloadRun]) -> str:
     """One row per run: prefix-cache hit rate, TTFT p50/p90/p99, output tokens/s."""
     header = (f"{'run':<28}{'requests':>9}{'failed':>7}{'hit rate':>10}{'TTFT p50':>10}{'TTFT p90':>10}"
@@ -241,13 +246,9 @@ def comparison_table(runs: Sequence[WorkloadRun]) -> str:
     lines = [header, "-" * len(header)]
     for run in runs:
         s = run.summary()
-
-        def ms(x: float | None) -> str:
-            return "-" if x is None else f"{x:.0f} ms"
-
         rate = "-" if s["hit_rate"] is None else f"{s['hit_rate']:.0%}"
-        lines.append(f"{s['label']:<28}{s['requests']:>9}{s['failed']:>7}{rate:>10}{ms(s['ttft_p50_ms']):>10}"
-                     f"{ms(s['ttft_p90_ms']):>10}{ms(s['ttft_p99_ms']):>10}{s['output_tokens_per_s']:>11.1f}")
+        lines.append(f"{s['label']:<28}{s['requests']:>9}{s['failed']:>7}{rate:>10}{_ms(s['ttft_p50_ms']):>10}"
+                     f"{_ms(s['ttft_p90_ms']):>10}{_ms(s['ttft_p99_ms']):>10}{s['output_tokens_per_s']:>11.1f}")
     return "\n".join(lines)
 
 
@@ -262,18 +263,9 @@ def replica_table(runs: Sequence[WorkloadRun]) -> str:
     return "\n".join(lines)
 
 
-@dataclass
-class RoutingPlot:
-    figure: Any
-    data: dict[str, Any] = field(default_factory=dict)
-    path: Any = None
-
-
-def plot_routing(runs: Sequence[WorkloadRun], *, title: str = "", path: Any = None, save: bool = True) -> RoutingPlot:
+def plot_routing(runs: Sequence[WorkloadRun], *, title: str = "", path: Any = None, save: bool = True) -> Plot:
     """Left: each replica's prefix-cache hit rate per run. Right: the time to first token as a CDF per run."""
     from matplotlib.figure import Figure
-
-    from ..bench.records import default_images_dir
 
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
@@ -301,8 +293,4 @@ def plot_routing(runs: Sequence[WorkloadRun], *, title: str = "", path: Any = No
     right.set_title("time to first token", fontsize=10)
     if title:
         fig.suptitle(title, fontsize=10)
-    target = None
-    if save:
-        target = path or default_images_dir() / "10_routing.png"
-        fig.savefig(target, dpi=110)
-    return RoutingPlot(figure=fig, data=data, path=target)
+    return Plot(fig, data, save_figure(fig, path, "10_routing.png", save))

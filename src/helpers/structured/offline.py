@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..bench.plots import Plot, _save
+from ..bench.plots import Plot, save_figure
 from ..errors import StructuredOutputError
 from .validity import ValidityReport
 
@@ -105,5 +105,5 @@ def plot_constraints(runs: Mapping[str, BatchRun], reports: Sequence[ValidityRep
             axis.annotate(fmt.format(value), (i, value), ha="center", va="bottom")
     if title:
         fig.suptitle(title)
-    target = _save(fig, path, "07_constraints.png", save)
+    target = save_figure(fig, path, "07_constraints.png", save)
     return Plot(fig, {"labels": labels, "valid_percent": rates, "tokens_per_s": speeds}, target)
